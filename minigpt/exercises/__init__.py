@@ -1,11 +1,19 @@
 """Self-checking exercises for the course notebooks.
 
-Each notebook's checkers live in their own module (``nb01`` ... ``nb11``) and are re-exported here,
-so a notebook needs only ``from minigpt.exercises import check_attention``.
+Each notebook's checkers live in their own module (``nb01`` ... ``nb11``); every name in a module's
+``__all__`` is re-exported here, so a notebook needs only ``from minigpt.exercises import check_attention``.
 """
+
+import importlib
+import pkgutil
 
 from ._core import CheckResult, ExerciseFailed, checker, expect
 
 __all__ = ["CheckResult", "ExerciseFailed", "checker", "expect"]
 
-# Per-notebook checker modules register their names below (import order = notebook order).
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if _info.name.startswith("nb"):
+        _module = importlib.import_module(f"{__name__}.{_info.name}")
+        for _name in getattr(_module, "__all__", []):
+            globals()[_name] = getattr(_module, _name)
+            __all__.append(_name)
