@@ -219,9 +219,7 @@ def _as_long_1d(data: torch.Tensor | list[int], name: str = "data") -> torch.Ten
     return data
 
 
-def train_val_split(
-    tokens: torch.Tensor | list[int], val_fraction: float = 0.1
-) -> tuple[torch.Tensor, torch.Tensor]:
+def train_val_split(tokens: torch.Tensor | list[int], val_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     """Contiguous split: the first (1 - val_fraction) of the tokens train, the rest validate.
 
     Contiguous rather than shuffled (as in nanoGPT) so no validation window overlaps a training one.

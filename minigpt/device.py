@@ -113,9 +113,7 @@ def _parse_dtype(prefer: str | torch.dtype | None) -> torch.dtype | None:
     return _DTYPE_NAMES[key]
 
 
-def autocast_dtype(
-    device: torch.device | str, prefer: str | torch.dtype | None = None
-) -> torch.dtype | None:
+def autocast_dtype(device: torch.device | str, prefer: str | torch.dtype | None = None) -> torch.dtype | None:
     """The 16-bit type to autocast to on `device`, or None for plain fp32.
 
     Defaults (prefer=None):

@@ -77,8 +77,7 @@ def _read_json(path: str | os.PathLike, what: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(
-            f"{path} is not a valid {what} file ({e}). It may be truncated or corrupt; "
-            f"re-create it with .save()."
+            f"{path} is not a valid {what} file ({e}). It may be truncated or corrupt; re-create it with .save()."
         ) from e
 
 

@@ -92,8 +92,10 @@ def test_default_data_dir_env_var_wins(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path))
     assert D.default_data_dir() == tmp_path
     monkeypatch.delenv("MINIGPT_DATA_DIR")
-    # running from the checkout: the repo's data/ folder
-    assert D.default_data_dir() == D._REPO_ROOT / "data"
+    if (D._REPO_ROOT / "pyproject.toml").is_file():  # running from the checkout: the repo's data/
+        assert D.default_data_dir() == D._REPO_ROOT / "data"
+    else:  # installed package: relative ./data
+        assert str(D.default_data_dir()) == "data"
 
 
 def test_real_shakespeare_checksum_if_cached():

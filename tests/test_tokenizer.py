@@ -75,7 +75,7 @@ def test_char_decode_out_of_range_and_2d():
 
 
 def test_char_save_load_round_trip(tmp_path):
-    tok = CharTokenizer.from_text(SHAKESPEARE_LIKE + "\t\"\\é")
+    tok = CharTokenizer.from_text(SHAKESPEARE_LIKE + '\t"\\é')
     path = tmp_path / "sub" / "tok.json"
     tok.save(path)
     loaded = CharTokenizer.load(path)
