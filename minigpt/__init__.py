@@ -15,10 +15,33 @@ from .attention import (
 )
 from .baselines import MLPLM, BigramConfig, BigramLM, MLPConfig
 from .blocks import DecoderBlock, FeedForward, RMSNorm, TransformerBlock
+from .data import (
+    SHAKESPEARE_SHA256,
+    SHAKESPEARE_URL,
+    BlockDataset,
+    ToyTask,
+    check_length,
+    get_batch,
+    load_shakespeare,
+    make_toy_task,
+    read_text,
+    toy_task_as_lm,
+    train_val_split,
+)
+from .device import (
+    autocast,
+    autocast_dtype,
+    check_device_parity,
+    describe_device,
+    get_device,
+    make_grad_scaler,
+    seed_everything,
+)
 from .generation import beam_search, generate, stream
 from .model import GPT, PRESETS, GPTConfig
 from .positional import RotaryEmbedding, sinusoidal_encoding
 from .seq2seq import Transformer, TransformerConfig
+from .tokenizer import BPETokenizer, CharTokenizer, UnknownCharacterError
 
 __version__ = "0.1.0"
 
@@ -27,4 +50,8 @@ __all__ = [
     "MLPLM", "MLPConfig", "MultiHeadAttention", "KVCache", "TransformerBlock", "DecoderBlock",
     "FeedForward", "RMSNorm", "RotaryEmbedding", "sinusoidal_encoding", "scaled_dot_product_attention",
     "fast_attention", "causal_mask", "padding_mask", "generate", "stream", "beam_search", "__version__",
+    "CharTokenizer", "BPETokenizer", "UnknownCharacterError", "SHAKESPEARE_URL", "SHAKESPEARE_SHA256",
+    "load_shakespeare", "read_text", "check_length", "train_val_split", "get_batch", "BlockDataset",
+    "make_toy_task", "toy_task_as_lm", "ToyTask", "get_device", "autocast_dtype", "autocast",
+    "make_grad_scaler", "seed_everything", "check_device_parity", "describe_device",
 ]
