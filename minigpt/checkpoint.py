@@ -1,0 +1,490 @@
+"""Checkpoints: safetensors weights, JSON metadata, and a tensors-only training state.
+
+Layout of one checkpoint (a folder)::
+
+    out_dir/ckpt/                 latest checkpoint (the one `resume` continues from)
+        model.safetensors         weights; a tied tensor is stored once (see "tied" in meta.json)
+        meta.json                 model class + config, tokenizer, training config, step, ...
+        train_state.pt            optimizer, grad scaler, RNG states, history (optional)
+    out_dir/best/                 the weights with the best validation loss so far (no train_state)
+
+Why this shape:
+- safetensors cannot run code when loaded, and `train_state.pt` is read with
+  `torch.load(weights_only=True)`, so opening a checkpoint someone sent you never unpickles
+  arbitrary objects. The training state is kept to tensors, dicts, lists and numbers for that.
+- A checkpoint is written into a temporary sibling folder (every file fsynced) and swapped in
+  with `os.replace`; the previous checkpoint is only deleted after the new one is in place. A
+  crash mid-write leaves the old checkpoint (or its `.old` copy, which loading falls back to),
+  never a half-written one.
+- Weights are moved to CPU before writing and loaded on CPU first, so a checkpoint written on a
+  GPU opens on a laptop. `_orig_mod.` (torch.compile) and `module.` (DistributedDataParallel)
+  prefixes are stripped on both ends.
+- The model is rebuilt from its class name through `MODEL_REGISTRY` ("name" -> "module:Class",
+  imported lazily), and from its config: a dataclass at `model.config` (rebuilt from the type
+  annotation of the class's first `__init__` argument, or `Class.config_class`) or a dict of
+  keyword arguments (`model.init_kwargs`, or `model_config=` when saving).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import json
+import logging
+import os
+import shutil
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+FORMAT = "minigpt-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "meta.json"
+STATE_FILE = "train_state.pt"
+LATEST_DIR = "ckpt"
+BEST_DIR = "best"
+
+# name -> "module:Class"; strings so that this works before (and without importing) those modules.
+MODEL_REGISTRY: dict[str, str] = {
+    "GPT": "minigpt.model:GPT",
+    "Transformer": "minigpt.seq2seq:Transformer",
+    "BigramLM": "minigpt.baselines:BigramLM",
+    "MLPLM": "minigpt.baselines:MLPLM",
+}
+TOKENIZER_REGISTRY: dict[str, str] = {
+    "CharTokenizer": "minigpt.tokenizer:CharTokenizer",
+    "BPETokenizer": "minigpt.tokenizer:BPETokenizer",
+}
+_PREFIXES = ("_orig_mod.", "module.")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, foreign, or does not fit the model."""
+
+
+@dataclass
+class CheckpointInfo:
+    """Everything `load_checkpoint` read besides the weights."""
+
+    path: Path  # the checkpoint folder
+    model_class: str  # registry name, e.g. "GPT"
+    model_config: dict[str, Any] | None  # as saved (a dict)
+    tokenizer: Any  # rebuilt tokenizer object, or None
+    tokenizer_dict: dict[str, Any] | None  # the raw saved tokenizer data
+    train_config: dict[str, Any] | None
+    step: int | None
+    best_val_loss: float | None
+    minigpt_version: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)  # free-form extra metadata
+    has_train_state: bool = False
+
+
+def register_model(name: str, target: str) -> None:
+    """Make `load_checkpoint` able to rebuild class `name` from "module:Class"."""
+    if ":" not in target:
+        raise ValueError(f"target must look like 'package.module:ClassName', got {target!r}")
+    MODEL_REGISTRY[name] = target
+
+
+def _import(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module inside DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop leading `_orig_mod.` / `module.` from every key (any order, repeated)."""
+    out = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix) :], True
+        out[key] = value
+    return out
+
+
+def _model_config(model: nn.Module) -> tuple[str | None, dict[str, Any] | None]:
+    config = getattr(model, "config", None)
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return "dataclass", dataclasses.asdict(config)
+    kwargs = getattr(model, "init_kwargs", None)
+    if isinstance(kwargs, dict):
+        return "kwargs", dict(kwargs)
+    if isinstance(config, dict):
+        return "kwargs", dict(config)
+    return None, None
+
+
+def _tokenizer_payload(tokenizer: Any) -> dict[str, Any] | None:
+    if tokenizer is None:
+        return None
+    if isinstance(tokenizer, dict):
+        return {"class": None, "data": tokenizer}
+    if not hasattr(tokenizer, "to_dict"):
+        raise TypeError(f"tokenizer {type(tokenizer).__name__} has no to_dict(); pass a dict instead")
+    return {"class": type(tokenizer).__name__, "data": tokenizer.to_dict()}
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms (Windows) cannot open folders; rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write a file through a temp file in the same folder + fsync + os.replace."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _write_bytes(tmp, data)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _weights_to_save(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """CPU state dict with shared tensors stored once; returns (tensors, {alias: kept_name})."""
+    state = strip_prefixes(unwrap_model(model).state_dict())
+    tensors: dict[str, torch.Tensor] = {}
+    tied: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for name, t in state.items():
+        # Same storage, offset, shape and strides = the same tensor (weight tying); safetensors
+        # refuses to write shared memory, so keep the first name and remember the alias.
+        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+        if t.numel() > 0 and key in seen:
+            tied[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = t.detach().to("cpu").contiguous()
+    return tensors, tied
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    tokenizer: Any = None,
+    train_config: Any = None,
+    train_state: dict[str, Any] | None = None,
+    step: int | None = None,
+    best_val_loss: float | None = None,
+    model_config: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint folder at `path` atomically and return it.
+
+    `train_config` may be a dataclass or a dict. `train_state` must hold only tensors, dicts,
+    lists, tuples, strings, numbers, bools and None (it is reloaded with weights_only=True).
+    `model_config` overrides the config read from the model (a dict of constructor kwargs).
+    """
+    from safetensors.torch import save as st_save
+
+    import minigpt
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        raise ValueError(f"save_checkpoint takes a folder, got the file name {path}; use {path.parent}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = unwrap_model(model)
+    tensors, tied = _weights_to_save(raw)
+    kind, config = ("kwargs", dict(model_config)) if model_config is not None else _model_config(raw)
+    if dataclasses.is_dataclass(train_config) and not isinstance(train_config, type):
+        train_config = dataclasses.asdict(train_config)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "minigpt_version": getattr(minigpt, "__version__", None),
+        "model_class": type(raw).__name__,
+        "model_config_kind": kind,
+        "model_config": config,
+        "tied": tied,
+        "tokenizer": _tokenizer_payload(tokenizer),
+        "train_config": train_config,
+        "step": step,
+        "best_val_loss": best_val_loss,
+        "metadata": metadata or {},
+    }
+    try:
+        meta_bytes = json.dumps(meta, indent=2, default=_json_default).encode()
+    except TypeError as e:
+        raise TypeError(f"checkpoint metadata must be JSON-serialisable: {e}") from e
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    old = path.with_name(f".{path.name}.old")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    _write_bytes(tmp / WEIGHTS_FILE, st_save(tensors, metadata={"format": "pt", "producer": FORMAT}))
+    if train_state is not None:
+        import io
+
+        buf = io.BytesIO()
+        torch.save(train_state, buf)
+        _write_bytes(tmp / STATE_FILE, buf.getvalue())
+    _write_bytes(tmp / META_FILE, meta_bytes)  # last: a folder with meta.json is complete
+    _fsync_dir(tmp)
+    if path.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    if old.exists():
+        shutil.rmtree(old)
+    return path
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.dtype):
+        return str(obj).removeprefix("torch.")
+    if isinstance(obj, tuple | set):
+        return list(obj)
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
+
+
+def _resolve(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.name in (WEIGHTS_FILE, META_FILE, STATE_FILE):
+        path = path.parent
+    if path.is_dir() and (path / META_FILE).exists():
+        return path
+    old = path.with_name(f".{path.name}.old")
+    if (old / META_FILE).exists():  # a crash happened between the two renames of a save
+        log.warning("checkpoint %s is missing; using the previous copy %s", path, old)
+        return old
+    if path.is_file():
+        raise CheckpointError(
+            f"{path} is a file; a minigpt checkpoint is a folder holding {WEIGHTS_FILE} and {META_FILE}"
+        )
+    raise CheckpointError(f"no checkpoint at {path} (expected a folder with {META_FILE} and {WEIGHTS_FILE})")
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The parsed meta.json of a checkpoint folder (validated)."""
+    folder = _resolve(path)
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{folder / META_FILE} is unreadable or truncated ({e}); re-save it") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{folder / META_FILE} is not a minigpt checkpoint (no format={FORMAT!r})")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{folder} was written by a newer minigpt (format {meta['format_version']}); upgrade minigpt"
+        )
+    return meta
+
+
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
+    file = folder / WEIGHTS_FILE
+    try:
+        data = file.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"cannot read {file}: {e}") from e
+    try:
+        return st_load(data)  # always CPU tensors
+    except (SafetensorError, ValueError, RuntimeError) as e:
+        raise CheckpointError(
+            f"{file} is truncated or not a safetensors file ({e}); the write was probably interrupted. "
+            "Use another checkpoint (e.g. the best/ folder) or retrain."
+        ) from e
+
+
+def _config_class(cls: type) -> type | None:
+    explicit = getattr(cls, "config_class", None)
+    if explicit is not None:
+        return explicit
+    params = [p for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
+    if not params:
+        return None
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # unresolvable forward references: fall through
+        return None
+    hint = hints.get(params[0].name)
+    for candidate in (hint, *typing.get_args(hint)):  # `Config | int` unions: take the dataclass
+        if isinstance(candidate, type) and dataclasses.is_dataclass(candidate):
+            return candidate
+    return None
+
+
+def _config_diff(saved: dict[str, Any] | None, current: dict[str, Any] | None) -> list[str]:
+    saved, current = saved or {}, current or {}
+    diffs = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key, "<missing>"), current.get(key, "<missing>")
+        if isinstance(b, tuple):
+            b = list(b)
+        if a != b:
+            diffs.append(f"{key}: checkpoint={a!r} model={b!r}")
+    return diffs
+
+
+def build_model(meta: dict[str, Any]) -> nn.Module:
+    """Construct an untrained model of the class and config recorded in `meta`."""
+    name = meta.get("model_class")
+    if name not in MODEL_REGISTRY:
+        raise CheckpointError(
+            f"model class {name!r} is not in minigpt.checkpoint.MODEL_REGISTRY "
+            f"(known: {', '.join(sorted(MODEL_REGISTRY))}); call register_model({name!r}, 'module:Class') "
+            "or pass model= to load_checkpoint"
+        )
+    try:
+        cls = _import(MODEL_REGISTRY[name])
+    except (ImportError, AttributeError) as e:
+        raise CheckpointError(f"cannot import {MODEL_REGISTRY[name]} for model class {name!r}: {e}") from e
+    kind, config = meta.get("model_config_kind"), meta.get("model_config")
+    if kind == "dataclass":
+        config_cls = _config_class(cls)
+        if config_cls is None:
+            raise CheckpointError(f"cannot find the config dataclass of {name}; pass model= to load_checkpoint")
+        return cls(config_cls(**config))
+    if kind == "kwargs":
+        return cls(**config)
+    raise CheckpointError(f"the checkpoint has no model config for {name}; pass model= to load_checkpoint")
+
+
+def _rebuild_tokenizer(payload: dict[str, Any] | None) -> Any:
+    if not payload or payload.get("class") not in TOKENIZER_REGISTRY:
+        return None
+    try:
+        return _import(TOKENIZER_REGISTRY[payload["class"]]).from_dict(payload["data"])
+    except (ImportError, AttributeError) as e:
+        log.warning("could not rebuild tokenizer %s: %s", payload.get("class"), e)
+        return None
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    *,
+    model: nn.Module | None = None,
+    strict: bool = True,
+) -> tuple[nn.Module, CheckpointInfo]:
+    """Load a checkpoint folder (or its model.safetensors) -> (model on `device`, info).
+
+    Without `model`, the model is rebuilt from the metadata through `MODEL_REGISTRY`. With
+    `model`, the weights are loaded into it (after checking that its config matches the saved
+    one; a mismatch raises CheckpointError naming the differing fields). The returned model is
+    in eval mode.
+    """
+    folder = _resolve(path)
+    meta = read_meta(folder)
+    tensors = strip_prefixes(_read_weights(folder))
+    for alias, kept in (meta.get("tied") or {}).items():
+        if kept in tensors:
+            tensors[alias] = tensors[kept]
+    if model is None:
+        model = build_model(meta)
+    else:
+        raw = unwrap_model(model)
+        if type(raw).__name__ != meta.get("model_class"):
+            raise CheckpointError(
+                f"{folder} holds a {meta.get('model_class')} but the model given is a {type(raw).__name__}"
+            )
+        _, current = _model_config(raw)
+        if meta.get("model_config") is not None and current is not None:
+            diffs = _config_diff(meta["model_config"], current)
+            if diffs:
+                raise CheckpointError(
+                    f"architecture mismatch with {folder}: " + "; ".join(diffs)
+                    + ". Build the model with the checkpoint's config (load_checkpoint without model=)."
+                )
+    raw = unwrap_model(model)
+    expected = raw.state_dict()
+    wrong_shape = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in tensors.items()
+        if k in expected and expected[k].shape != v.shape
+    ]
+    if wrong_shape:
+        raise CheckpointError(f"architecture mismatch with {folder}: " + "; ".join(wrong_shape[:8]))
+    result = raw.load_state_dict(tensors, strict=False)
+    if strict and (result.missing_keys or result.unexpected_keys):
+        raise CheckpointError(
+            f"weights in {folder} do not fit {type(raw).__name__}: missing {result.missing_keys[:8]}, "
+            f"unexpected {result.unexpected_keys[:8]}"
+        )
+    model.to(device)
+    model.eval()
+    tok = meta.get("tokenizer")
+    info = CheckpointInfo(
+        path=folder,
+        model_class=meta.get("model_class"),
+        model_config=meta.get("model_config"),
+        tokenizer=_rebuild_tokenizer(tok),
+        tokenizer_dict=(tok or {}).get("data"),
+        train_config=meta.get("train_config"),
+        step=meta.get("step"),
+        best_val_loss=meta.get("best_val_loss"),
+        minigpt_version=meta.get("minigpt_version"),
+        metadata=meta.get("metadata") or {},
+        has_train_state=(folder / STATE_FILE).exists(),
+    )
+    return model, info
+
+
+def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The training state saved beside the weights, read with `torch.load(weights_only=True)`."""
+    folder = _resolve(path)
+    file = folder / STATE_FILE
+    if not file.exists():
+        raise CheckpointError(f"{folder} has no {STATE_FILE} (a best/ or export checkpoint); cannot resume")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, zip errors from truncation, forbidden globals
+        raise CheckpointError(
+            f"{file} is truncated or not a minigpt training state ({type(e).__name__}: {e}); "
+            "it is only ever loaded with weights_only=True"
+        ) from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file} is not a minigpt training state (got {type(state).__name__})")
+    return state
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint to resume from in `out_dir` (its `ckpt/` folder), or None."""
+    out_dir = Path(out_dir)
+    for candidate in (out_dir / LATEST_DIR, out_dir / f".{LATEST_DIR}.old"):
+        if (candidate / META_FILE).exists() and (candidate / WEIGHTS_FILE).exists():
+            return candidate
+    return None
