@@ -1,0 +1,715 @@
+"""The `minigpt` command line (also `python -m minigpt`).
+
+    minigpt train      train a model on tiny Shakespeare or any UTF-8 text file (presets + flags)
+    minigpt generate   sample text from a checkpoint: one prompt, a prompts file, or interactively
+
+Other modules add their own subcommands through an `add_cli(subparsers)` function that registers a
+parser and sets `func=handler(args) -> int | None` (see `_PLUGINS`). Heavy imports (the trainer,
+Hugging Face) happen inside the handlers, so `minigpt --help` stays quick.
+
+Errors a user can fix (a bad flag value, a missing file, unknown characters in a prompt) print one
+line and exit with status 2, without a traceback; set MINIGPT_DEBUG=1 to see the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CLIError", "build_parser", "main", "resolve_checkpoint"]
+
+# Modules that may add subcommands; each is optional (missing module or dependency = no subcommand).
+_PLUGINS = ("minigpt.course", "minigpt.analysis", "minigpt.serve")
+_DEFAULT_OUT = "out"
+_INTERACTIVE_HELP = (
+    "type a prompt and press Enter, or change a setting:\n"
+    "  temp 0.8     temperature (> 0)          length 200   new tokens per answer\n"
+    "  topk 40      keep the 40 likeliest      topp 0.9     nucleus sampling (0, 1]\n"
+    "  topk off / topp off   disable a filter  greedy on|off  always pick the likeliest token\n"
+    "  seed 1       reproducible samples       settings     show the current settings\n"
+    "  help         this text                  quit         leave (Ctrl-D works too)"
+)
+
+
+class CLIError(Exception):
+    """A mistake the user can fix; printed as one line, exit status 2."""
+
+
+# ---------------------------------------------------------------------------- argument types
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+_DTYPE_ALIASES = {"auto": "auto", "fp32": "float32", "float32": "float32", "bf16": "bfloat16",
+                  "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
+
+
+def _dtype(text: str) -> str:
+    key = text.strip().lower()
+    if key not in _DTYPE_ALIASES:
+        raise argparse.ArgumentTypeError(
+            f"choose auto, float32 (fp32), bfloat16 (bf16) or float16 (fp16), not {text!r}"
+        )
+    return _DTYPE_ALIASES[key]
+
+
+def _alias(parser: argparse.ArgumentParser, *names: str, dest: str, **kwargs: Any) -> None:
+    """Accept other spellings (the seed tutorials' `--batch_size` ...) without cluttering --help."""
+    parser.add_argument(*names, dest=dest, help=argparse.SUPPRESS, default=None, **kwargs)
+
+
+# ---------------------------------------------------------------------------- parsers
+
+_MAIN_EPILOG = """\
+examples:
+  minigpt train                                    # shakespeare-cpu preset on tiny Shakespeare
+  minigpt train --max-time 60 --out-dir out/demo   # a one-minute run
+  minigpt generate --checkpoint out/demo --prompt "ROMEO:" --length 300
+  minigpt generate --checkpoint out/demo --interactive
+  minigpt <command> --help                         # every flag of a command
+"""
+
+_TRAIN_EPILOG = """\
+presets (model size + training recipe; any flag overrides one field):
+{presets}
+
+examples:
+  minigpt train                                          # default preset, tiny Shakespeare
+  minigpt train --max-time 60 --out-dir out/demo         # stop after one minute
+  minigpt train --preset nanogpt-cpu                     # nanoGPT's CPU recipe, for comparison
+  minigpt train --n-layer 6 --n-embd 256 --dropout 0.1   # a bigger transformer
+  minigpt train --model-type mlp --epochs 1              # the no-attention baseline
+  minigpt train --data-file my_text.txt --out-dir out/mine
+  minigpt train --out-dir out/demo --resume --max-iters 5000   # continue a run
+
+Outputs in --out-dir: ckpt/ (latest, resumable), best/ (lowest val loss), history.csv/json.
+"""
+
+_GENERATE_EPILOG = """\
+examples:
+  minigpt generate --checkpoint out/demo --prompt "ROMEO:" --length 300
+  minigpt generate --checkpoint out/demo --prompt "To be" --temperature 0.3 --seed 1
+  minigpt generate --checkpoint out/demo --top-k 40 --top-p 0.9 --stream
+  minigpt generate --checkpoint out/demo --greedy --prompt "KING"
+  minigpt generate --checkpoint out/demo --beam-width 4 --length 80
+  minigpt generate --checkpoint out/demo --prompts-file prompts.txt   # one prompt per line
+  minigpt generate --checkpoint out/demo --interactive   # then: temp 0.8, length 200, topk 40, topp 0.9, quit
+
+--checkpoint takes an output folder of `minigpt train` (best/ is used, else ckpt/) or a checkpoint folder.
+"""
+
+
+def _preset_lines() -> str:
+    from .presets import TRAIN_PRESETS
+
+    return "\n".join(f"  {name:<18}{p.description}" for name, p in TRAIN_PRESETS.items())
+
+
+def _add_train_parser(sub: Any) -> None:
+    from .presets import TRAIN_PRESETS
+
+    p = sub.add_parser(
+        "train", help="train a character-level model (presets, any UTF-8 text file)",
+        description="Train a language model with the minigpt Trainer and save a checkpoint.",
+        epilog=_TRAIN_EPILOG.format(presets=_preset_lines()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", default="shakespeare-cpu", choices=list(TRAIN_PRESETS),
+                   help="starting point for every setting below (default: shakespeare-cpu)")
+    g.add_argument("--model-type", default="transformer", choices=["transformer", "mlp", "bigram"],
+                   help="transformer (GPT), or a baseline without attention (default: transformer)")
+    g.add_argument("--n-layer", type=_positive_int, help="transformer blocks")
+    g.add_argument("--n-head", type=_positive_int, help="attention heads (must divide --n-embd)")
+    g.add_argument("--n-embd", type=_positive_int, help="model width (embedding size)")
+    g.add_argument("--block-size", type=_positive_int, help="context length in tokens")
+    g.add_argument("--d-ff", type=_positive_int, help="feed-forward width (transformer, default 4*n_embd) "
+                   "or hidden width (mlp)")
+    g.add_argument("--context", type=_positive_int, help="tokens the mlp baseline reads (default 8)")
+    g.add_argument("--dropout", type=_fraction, help="dropout probability in [0, 1)")
+    g.add_argument("--tokenizer", default="char", choices=["char", "bpe"],
+                   help="char (one id per character, default) or byte-level BPE")
+    g.add_argument("--vocab-size", type=_positive_int, default=512, help="BPE vocabulary size (default 512)")
+    _alias(g, "--model_type", dest="model_type", choices=["transformer", "mlp", "bigram"])
+    _alias(g, "--n_layer", "--num_layers", "--num-layers", dest="n_layer", type=_positive_int)
+    _alias(g, "--n_head", "--num_heads", "--num-heads", dest="n_head", type=_positive_int)
+    _alias(g, "--n_embd", "--embedding_dim", "--embedding-dim", dest="n_embd", type=_positive_int)
+    _alias(g, "--block_size", "--sequence_length", "--sequence-length", dest="block_size", type=_positive_int)
+    _alias(g, "--hidden_dim", "--hidden-dim", "--d_ff", dest="d_ff", type=_positive_int)
+
+    g = p.add_argument_group("training")
+    g.add_argument("--batch-size", type=_positive_int, help="sequences per step")
+    g.add_argument("--lr", type=_positive_float, help="peak learning rate")
+    g.add_argument("--min-lr", type=float, help="final learning rate of the decay (default lr/10)")
+    g.add_argument("--max-iters", type=_positive_int, help="optimizer steps")
+    g.add_argument("--epochs", type=_positive_float,
+                   help="passes over the training text; converted to --max-iters from the dataset size")
+    g.add_argument("--max-time", type=_positive_float, help="stop after this many seconds (checkpoint kept)")
+    g.add_argument("--warmup-iters", type=_non_negative_int, help="linear warmup steps")
+    g.add_argument("--schedule", choices=["cosine", "linear", "constant"], help="learning-rate decay")
+    g.add_argument("--weight-decay", type=float, help="AdamW weight decay")
+    g.add_argument("--grad-clip", type=float, help="max gradient norm (0 = off)")
+    g.add_argument("--grad-accum", type=_positive_int, help="micro-batches per optimizer step")
+    g.add_argument("--eval-interval", type=_non_negative_int, help="steps between evaluations (0 = never)")
+    g.add_argument("--eval-iters", type=_positive_int, help="batches per evaluation")
+    g.add_argument("--patience", type=_positive_int, help="early stopping: evaluations without improvement")
+    g.add_argument("--seed", type=_non_negative_int, help="random seed (default 1337)")
+    _alias(g, "--batch_size", dest="batch_size", type=_positive_int)
+    _alias(g, "--learning_rate", "--learning-rate", dest="lr", type=_positive_float)
+    _alias(g, "--max_iters", dest="max_iters", type=_positive_int)
+    _alias(g, "--num_epochs", "--num-epochs", dest="epochs", type=_positive_float)
+    _alias(g, "--eval_interval", dest="eval_interval", type=_non_negative_int)
+    _alias(g, "--max_time", dest="max_time", type=_positive_float)
+    _alias(g, "--early_stopping_patience", "--early-stopping-patience", dest="patience", type=_positive_int)
+
+    g = p.add_argument_group("data, hardware and output")
+    g.add_argument("--data-file", help="any UTF-8 text file (default: tiny Shakespeare, downloaded once)")
+    g.add_argument("--val-fraction", type=_fraction, default=0.1, help="share of the text held out (default 0.1)")
+    g.add_argument("--out-dir", default=_DEFAULT_OUT, help=f"where checkpoints go (default: {_DEFAULT_OUT})")
+    g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    g.add_argument("--dtype", type=_dtype, help="auto, float32, bfloat16 or float16 (mixed precision)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster on GPU)")
+    g.add_argument("--resume", action="store_true", help="continue from --out-dir/ckpt if it exists")
+    g.add_argument("--sample-length", type=_non_negative_int, default=300,
+                   help="characters of the sample printed at the end (0 = none)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    _alias(g, "--data_file", dest="data_file")
+    _alias(g, "--out_dir", dest="out_dir")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_generate_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "generate", help="sample text from a trained checkpoint",
+        description="Generate text from a checkpoint written by `minigpt train`.",
+        epilog=_GENERATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", default=_DEFAULT_OUT,
+                   help=f"output folder of `minigpt train` or a checkpoint folder (default: {_DEFAULT_OUT})")
+    p.add_argument("--prompt", default=None, help="text to continue (default: a newline)")
+    p.add_argument("--prompts-file", help="a file with one prompt per line; generates for each")
+    p.add_argument("--interactive", action="store_true", help="type prompts and settings at a prompt")
+    p.add_argument("--length", type=_non_negative_int, default=300, help="new tokens to generate (default 300)")
+    p.add_argument("--temperature", type=float, default=0.8,
+                   help="> 0; lower = more focused, 1 = the model's distribution (default 0.8)")
+    p.add_argument("--top-k", type=int, default=None, help="sample only from the k likeliest tokens")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with probability >= p")
+    p.add_argument("--greedy", action="store_true", help="always take the likeliest token (deterministic)")
+    p.add_argument("--beam-width", type=_positive_int, default=1, help="beam search with this many beams (>1)")
+    p.add_argument("--num-samples", type=_positive_int, default=1, help="samples per prompt")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (1 = off)")
+    p.add_argument("--seed", type=_non_negative_int, default=None, help="make sampling reproducible")
+    p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole context every step (slow)")
+    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")
+    _alias(p, "--model_path", "--model-path", "--ckpt", dest="checkpoint")
+    _alias(p, "--prompts_file", dest="prompts_file")
+    _alias(p, "--max-new-tokens", "--max_new_tokens", dest="length", type=_non_negative_int)
+    _alias(p, "--top_k", dest="top_k", type=int)
+    _alias(p, "--top_p", dest="top_p", type=float)
+    _alias(p, "--beam_width", dest="beam_width", type=_positive_int)
+    _alias(p, "--num_samples", dest="num_samples", type=_positive_int)
+    p.set_defaults(func=cmd_generate, _parser=p)
+
+
+def _add_plugins(sub: Any) -> None:
+    for name in _PLUGINS:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # module not written yet, or an optional dependency is missing
+            continue
+        add_cli = getattr(module, "add_cli", None)
+        if add_cli is None:
+            continue
+        try:
+            add_cli(sub)
+        except Exception as e:  # a broken plugin must not take `train` and `generate` down with it
+            print(f"minigpt: warning: {name}.add_cli failed ({type(e).__name__}: {e})", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="minigpt", description="minigpt: train and sample small GPTs (the course's command line).",
+        epilog=_MAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"minigpt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    _add_train_parser(sub)
+    _add_generate_parser(sub)
+    _add_plugins(sub)
+    return parser
+
+
+# ---------------------------------------------------------------------------- train
+
+
+def _say(*parts: Any) -> None:
+    print(*parts, flush=True)
+
+
+def _load_text(data_file: str | None) -> tuple[str, str]:
+    from .data import load_shakespeare, read_text
+
+    if data_file:
+        return read_text(data_file), data_file
+    return load_shakespeare(), "tiny Shakespeare"
+
+
+def _build_model(args: argparse.Namespace, preset: Any, vocab_size: int) -> tuple[Any, int]:
+    """The model the flags describe, and the block size to train on."""
+    if args.model_type == "transformer":
+        overrides = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "d_ff", "dropout")
+                     if getattr(args, k) is not None}
+        from .model import GPT
+
+        config = preset.model_config(vocab_size=vocab_size, **overrides)
+        return GPT(config), config.block_size
+    block = args.block_size or preset.model_config().block_size
+    ignored = [f"--{k.replace('_', '-')}" for k in ("n_layer", "n_head", "dropout") if getattr(args, k) is not None]
+    if ignored:
+        _say(f"note: {', '.join(ignored)} do not apply to --model-type {args.model_type}; ignored")
+    if args.model_type == "bigram":
+        from .baselines import BigramConfig, BigramLM
+
+        return BigramLM(BigramConfig(vocab_size=vocab_size)), block
+    from .baselines import MLPLM, MLPConfig
+
+    kw = {"vocab_size": vocab_size}
+    for flag, field_name in (("context", "context"), ("n_embd", "n_embd"), ("d_ff", "hidden")):
+        if getattr(args, flag) is not None:
+            kw[field_name] = getattr(args, flag)
+    return MLPLM(MLPConfig(**kw)), block
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = {"batch_size": "batch_size", "lr": "lr", "min_lr": "min_lr", "max_iters": "max_iters",
+             "warmup_iters": "warmup_iters", "schedule": "schedule", "weight_decay": "weight_decay",
+             "grad_clip": "grad_clip", "grad_accum": "grad_accum", "eval_interval": "eval_interval",
+             "eval_iters": "eval_iters", "patience": "early_stopping_patience", "seed": "seed",
+             "dtype": "dtype", "max_time": "max_time_s"}
+    out = {field_name: getattr(args, flag) for flag, field_name in names.items() if getattr(args, flag) is not None}
+    out.update(out_dir=args.out_dir, device=args.device, progress=not args.quiet)
+    if args.compile:
+        out["compile"] = True
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from .checkpoint import latest_checkpoint, load_checkpoint
+    from .data import train_val_split
+    from .presets import get_preset
+    from .tokenizer import BPETokenizer, CharTokenizer
+    from .train import Trainer, TrainingDiverged, lm_batches
+
+    preset = get_preset(args.preset)
+    overrides = _train_overrides(args)
+    if args.epochs is not None and args.max_iters is not None:
+        raise CLIError("give either --epochs or --max-iters, not both")
+    if args.min_lr is not None and args.min_lr < 0:
+        raise CLIError(f"--min-lr must be >= 0, got {args.min_lr}")
+    text, source = _load_text(args.data_file)
+
+    ckpt = latest_checkpoint(args.out_dir) if args.resume else None
+    if ckpt is not None:
+        # the architecture and vocabulary must be the checkpoint's, whatever the flags say
+        model, info = load_checkpoint(ckpt)
+        _say(f"resuming from {ckpt} (step {info.step}); the model and vocabulary come from the checkpoint")
+        tokenizer = info.tokenizer
+        if tokenizer is None:
+            raise CLIError(f"{ckpt} has no tokenizer saved; cannot resume training on text")
+        block_size = model.config.block_size
+        if args.model_type == "transformer" and args.block_size not in (None, block_size):
+            raise CLIError(f"--block-size {args.block_size} differs from the checkpoint's {block_size}")
+        if args.batch_size is None and info.train_config:
+            overrides["batch_size"] = info.train_config.get("batch_size", preset.train_config().batch_size)
+    else:
+        if args.resume:
+            _say(f"no checkpoint in {args.out_dir}; starting a new run")
+        tokenizer = CharTokenizer.from_text(text) if args.tokenizer == "char" else BPETokenizer.train(
+            text, vocab_size=args.vocab_size)
+        model, block_size = _build_model(args, preset, tokenizer.vocab_size)
+
+    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+    train_ids, val_ids = train_val_split(ids, args.val_fraction) if args.val_fraction > 0 else (ids, ids)
+    config = preset.train_config(**overrides)
+    if args.epochs is not None:
+        per_step = config.batch_size * block_size * config.grad_accum
+        config = dataclasses.replace(config, max_iters=max(1, math.ceil(args.epochs * len(train_ids) / per_step)))
+    if config.lr_decay_iters is not None and config.lr_decay_iters > config.max_iters:
+        config = dataclasses.replace(config, lr_decay_iters=config.max_iters)
+    if config.warmup_iters >= config.max_iters:
+        config = dataclasses.replace(config, warmup_iters=config.max_iters // 10)
+    get_batch = lm_batches(train_ids, val_ids, block_size, config.batch_size)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    _say(f"data: {source}, {len(text):,} characters, {len(train_ids):,} train / {len(val_ids):,} val tokens, "
+         f"vocab {tokenizer.vocab_size}")
+    _say(f"model: {type(model).__name__}, {n_params:,} parameters, block {block_size}")
+    budget = f", at most {config.max_time_s:g} s" if config.max_time_s else ""
+    _say(f"training: {config.max_iters} steps of {config.batch_size}x{block_size} tokens, lr {config.lr:g}{budget}")
+    metadata = {"preset": args.preset, "data": source, "command": "minigpt " + shlex.join(sys.argv[1:])}
+    trainer = Trainer(model, get_batch, config, tokenizer=tokenizer, resume=args.resume, metadata=metadata)
+    _say(f"device: {trainer.device}, dtype: {trainer.dtype or 'float32'}, out dir: {args.out_dir}")
+    t0 = time.perf_counter()
+    try:
+        history = trainer.fit()
+    except TrainingDiverged as e:
+        print(f"minigpt train: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        trainer.close()
+    if not trainer.is_main:
+        return 0
+    best = history.best_val_loss
+    best_text = f", best val loss {best:.4f} at step {history.best_step}" if best is not None else ""
+    _say(f"\nstopped ({history.status}) after {trainer.step} steps in {time.perf_counter() - t0:.0f} s{best_text}")
+    if config.out_dir:
+        _say(f"checkpoint: {Path(config.out_dir) / 'ckpt'}" + (f", best: {Path(config.out_dir) / 'best'}"
+                                                                if (Path(config.out_dir) / "best").exists() else ""))
+    if args.sample_length:
+        start = _default_prompt(tokenizer)
+        from .generation import generate
+
+        idx = torch.tensor([tokenizer.encode(start)], dtype=torch.long, device=trainer.device)
+        out = generate(trainer.model, idx, args.sample_length, temperature=0.8, seed=config.seed)
+        _say("\n--- sample (temperature 0.8) ---")
+        _say(tokenizer.decode(out[0].tolist()).strip("\n"))
+        _say("---")
+        if config.out_dir:
+            _say(f"more: minigpt generate --checkpoint {shlex.quote(str(config.out_dir))} --prompt \"...\"")
+    return 130 if history.status == "interrupted" else 0
+
+
+# ---------------------------------------------------------------------------- generate
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint folder from what a user typed: the folder itself, a file in it, or a train --out-dir
+    (its best/ weights, else its ckpt/). Raises CLIError saying where it looked."""
+    from .checkpoint import BEST_DIR, LATEST_DIR, META_FILE, WEIGHTS_FILE
+
+    p = Path(path).expanduser()
+    if p.is_file() and p.name in (META_FILE, WEIGHTS_FILE):
+        p = p.parent
+    candidates = [p, p / BEST_DIR, p / LATEST_DIR]
+    for c in candidates:
+        if (c / META_FILE).is_file():
+            return c
+    looked = ", ".join(str(c / META_FILE) for c in candidates)
+    hint = ""
+    if p.suffix in (".pt", ".pth", ".bin"):
+        hint = " minigpt checkpoints are folders (model.safetensors + meta.json), not .pt files."
+    raise CLIError(
+        f"no checkpoint found at {p.resolve()} (looked for {looked}).{hint} Train one first, e.g. "
+        f"`minigpt train --max-time 60 --out-dir {p}`, then pass --checkpoint {p}"
+    )
+
+
+def _default_prompt(tokenizer: Any) -> str:
+    """A newline starts a fresh passage in most texts (nanoGPT samples from it too)."""
+    chars = getattr(tokenizer, "chars", None)
+    if chars is not None and "\n" not in chars:
+        return chars[0]
+    return "\n"
+
+
+class _Generator:
+    """Settings + model + tokenizer; turns one prompt into text (printed or streamed)."""
+
+    def __init__(self, model: Any, tokenizer: Any, device: Any, args: argparse.Namespace) -> None:
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.length = args.length
+        self.temperature = args.temperature
+        self.top_k = args.top_k
+        self.top_p = args.top_p
+        self.greedy = args.greedy
+        self.beam_width = args.beam_width
+        self.seed = args.seed
+        self.repetition_penalty = args.repetition_penalty
+        self.use_cache = not args.no_cache
+
+    def validate(self) -> None:
+        from .generation import validate_sampling
+
+        validate_sampling(self.temperature, self.top_k, self.top_p, self.repetition_penalty)
+
+    def encode(self, prompt: str) -> Any:
+        import torch
+
+        if prompt == "":
+            raise CLIError("the prompt is empty; type some text (a character model also accepts a newline)")
+        try:
+            ids = self.tokenizer.encode(prompt)
+        except ValueError as e:  # UnknownCharacterError lists every character the model cannot read
+            raise CLIError(f"prompt {prompt[:40]!r}: {e}") from None
+        return torch.tensor([ids], dtype=torch.long, device=self.device)
+
+    def _kwargs(self, sample: int) -> dict[str, Any]:
+        seed = None if self.seed is None else self.seed + sample
+        return dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, greedy=self.greedy,
+                    repetition_penalty=self.repetition_penalty, use_cache=self.use_cache, seed=seed)
+
+    def run(self, prompt: str, *, stream: bool, sample: int = 0, out: Any = None) -> str:
+        """Generate a continuation of `prompt`; prints prompt + continuation, returns the full text."""
+        from .generation import beam_search, generate
+        from .generation import stream as stream_tokens
+
+        out = out or sys.stdout
+        idx = self.encode(prompt)
+        if self.beam_width > 1:
+            ids = beam_search(self.model, idx, self.length, beam_width=self.beam_width, use_cache=self.use_cache)
+            text = self.tokenizer.decode(ids[0].tolist())
+            out.write(text + "\n")
+        elif stream:
+            out.write(prompt)
+            out.flush()
+            new: list[int] = []
+            shown = 0
+            for tok in stream_tokens(self.model, idx, self.length, **self._kwargs(sample)):
+                new.append(int(tok[0, 0]))
+                piece = self.tokenizer.decode(new)
+                if piece.endswith("\ufffd"):  # half of a multi-byte character (BPE): wait for the rest
+                    continue
+                out.write(piece[shown:])
+                out.flush()
+                shown = len(piece)
+            rest = self.tokenizer.decode(new)[shown:]
+            out.write(rest + "\n")
+            text = prompt + self.tokenizer.decode(new)
+        else:
+            ids = generate(self.model, idx, self.length, **self._kwargs(sample))
+            text = self.tokenizer.decode(ids[0].tolist())
+            out.write(text + "\n")
+        out.flush()
+        return text
+
+    def settings(self) -> str:
+        def opt(v: Any) -> str:
+            return "off" if v is None else str(v)
+
+        return (f"temp {self.temperature}, length {self.length}, topk {opt(self.top_k)}, topp {opt(self.top_p)}, "
+                f"greedy {'on' if self.greedy else 'off'}, seed {opt(self.seed)}")
+
+    def set(self, name: str, value: str) -> str:
+        """Apply one interactive command; raises ValueError with a message for a bad value."""
+        from .generation import validate_sampling
+
+        off = value.lower() in ("off", "none", "0")
+        if name in ("temp", "temperature"):
+            t = float(value)
+            validate_sampling(t)
+            self.temperature = t
+        elif name in ("length", "len"):
+            n = int(value)
+            if n < 0:
+                raise ValueError(f"length must be >= 0, got {n}")
+            self.length = n
+        elif name in ("topk", "top_k", "top-k"):
+            k = None if off else int(value)
+            validate_sampling(self.temperature, k, None)
+            self.top_k = k
+        elif name in ("topp", "top_p", "top-p"):
+            p = None if value.lower() in ("off", "none") else float(value)
+            validate_sampling(self.temperature, None, p)
+            self.top_p = p
+        elif name == "greedy":
+            if value.lower() not in ("on", "off", "true", "false", "1", "0"):
+                raise ValueError("use `greedy on` or `greedy off`")
+            self.greedy = value.lower() in ("on", "true", "1")
+        elif name == "seed":
+            self.seed = None if value.lower() in ("off", "none") else int(value)
+        return self.settings()
+
+
+_SETTINGS = {"temp", "temperature", "length", "len", "topk", "top_k", "top-k", "topp", "top_p", "top-p",
+             "greedy", "seed"}
+
+
+def _interactive(gen: _Generator) -> int:
+    _say("minigpt interactive mode. " + _INTERACTIVE_HELP)
+    _say("settings: " + gen.settings())
+    while True:
+        try:
+            line = input(">>> ")
+        except (EOFError, KeyboardInterrupt):
+            _say("")
+            return 0
+        words = line.split()
+        if not words:
+            continue
+        head = words[0].lower()
+        if head in ("quit", "exit", "q", ":q") and len(words) == 1:
+            return 0
+        if head in ("help", "?") and len(words) == 1:
+            _say(_INTERACTIVE_HELP)
+            continue
+        if head == "settings" and len(words) == 1:
+            _say(gen.settings())
+            continue
+        if head in _SETTINGS and len(words) == 2:
+            try:
+                _say("ok: " + gen.set(head, words[1]))
+            except ValueError as e:
+                msg = str(e) if "must" in str(e) or "use" in str(e) else f"bad value {words[1]!r} for {head}"
+                _say(f"error: {msg}")
+            continue
+        try:
+            gen.run(line, stream=True)
+        except (ValueError, CLIError) as e:  # unknown characters etc.: say so and keep going
+            _say(f"error: {e}")
+        except KeyboardInterrupt:
+            _say("\n(interrupted)")
+
+
+def _read_prompts(path: str) -> list[str]:
+    from .data import read_text
+
+    text = read_text(path, min_chars=1)
+    prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise CLIError(f"{path} has no prompts; write one prompt per line")
+    return prompts
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .device import get_device
+
+    parser = args._parser
+    if args.greedy and args.beam_width > 1:
+        parser.error("--greedy and --beam-width > 1 are different decoders; pick one")
+    modes = [bool(args.prompt is not None), bool(args.prompts_file), bool(args.interactive)]
+    if sum(modes) > 1:
+        parser.error("use only one of --prompt, --prompts-file and --interactive")
+    from .generation import validate_sampling
+
+    try:
+        if not args.greedy:
+            validate_sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
+    except ValueError as e:
+        parser.error(str(e).replace("greedy=True", "--greedy"))
+    prompts = _read_prompts(args.prompts_file) if args.prompts_file else None
+
+    folder = resolve_checkpoint(args.checkpoint)
+    device = get_device(args.device)
+    model, info = load_checkpoint(folder, device=device)
+    if info.tokenizer is None:
+        raise CLIError(f"{folder} has no tokenizer saved, so text cannot be encoded; retrain with `minigpt train`")
+    val = f", val loss {info.best_val_loss:.4f}" if info.best_val_loss is not None else ""
+    print(f"[loaded {folder} (step {info.step}{val}) on {device}]", file=sys.stderr, flush=True)
+    gen = _Generator(model, info.tokenizer, device, args)
+    torch.set_grad_enabled(False)
+    if args.interactive:
+        return _interactive(gen)
+    if prompts is None:
+        prompts = [args.prompt if args.prompt is not None else _default_prompt(info.tokenizer)]
+        # a typed "\n" in the shell arrives as backslash-n; decode the usual escapes for convenience
+        prompts = [p.replace("\\n", "\n").replace("\\t", "\t") for p in prompts]
+    for prompt in prompts:  # check every prompt before spending time on the first one
+        gen.encode(prompt)
+    many = len(prompts) > 1 or args.num_samples > 1
+    for i, prompt in enumerate(prompts):
+        for s in range(args.num_samples):
+            if many:
+                _say(f"=== prompt {i + 1}" + (f", sample {s + 1}" if args.num_samples > 1 else "") + " ===")
+            gen.run(prompt, stream=args.stream, sample=s)
+    return 0
+
+
+# ---------------------------------------------------------------------------- entry point
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [CLIError, ValueError, FileNotFoundError, IsADirectoryError]
+    try:
+        from .checkpoint import CheckpointError
+
+        errors.append(CheckpointError)
+    except ImportError:
+        pass
+    try:
+        from .data import DownloadError
+
+        errors.append(DownloadError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(func(args) or 0)
+    except _user_errors() as e:
+        if os.environ.get("MINIGPT_DEBUG"):
+            raise
+        print(f"minigpt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `minigpt generate ... | head`: the reader left, which is fine
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""Training presets: a model size (`minigpt.model.PRESETS`) plus the hyperparameters that suit it.
+
+A preset is what `minigpt train --preset NAME` starts from; every flag given on the command line
+overrides one field. Keeping model shape and training recipe together matters because they are
+tuned as a pair: a learning rate that suits a 0.8M-parameter model at batch 12 is too high for a
+10M one at batch 64.
+
+- `shakespeare-cpu` (the default): sized for a 2-core laptop CPU, reaches a readable
+  Shakespeare pastiche in a few minutes.
+- `nanogpt-cpu`: nanoGPT's published CPU recipe ("I only have a macbook": 4 layers, 4 heads,
+  width 128, block 64, batch 12, 2000 iterations, lr 1e-3, no dropout), kept for comparison.
+- `shakespeare-char`: nanoGPT's `config/train_shakespeare_char.py`, for a GPU.
+- `char-tiny`: the small model of the course's quick reference; trains in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .model import PRESETS as MODEL_PRESETS
+from .model import GPTConfig
+from .train import TrainConfig
+
+__all__ = ["TRAIN_PRESETS", "TrainPreset", "get_preset"]
+
+
+@dataclass(frozen=True)
+class TrainPreset:
+    model: str  # key of minigpt.model.PRESETS
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields that differ from the defaults
+    description: str = ""  # one line for `minigpt train --help`
+
+    def model_config(self, **overrides: Any) -> GPTConfig:
+        return GPTConfig.from_preset(self.model, **overrides)
+
+    def train_config(self, **overrides: Any) -> TrainConfig:
+        return dataclasses.replace(TrainConfig(), **{**self.train, **overrides})
+
+
+# nanoGPT's shakespeare-char settings shared by its GPU and CPU recipes: a small char model sees
+# few tokens per step, so beta2 = 0.99 (smoother second moment) and a short warmup.
+_NANOGPT = dict(lr=1e-3, min_lr=1e-4, beta2=0.99, warmup_iters=100, weight_decay=0.1, grad_clip=1.0)
+
+TRAIN_PRESETS: dict[str, TrainPreset] = {
+    "shakespeare-cpu": TrainPreset(
+        model="shakespeare-cpu",
+        train=dict(_NANOGPT, lr=2e-3, min_lr=2e-4, batch_size=16, max_iters=3000, warmup_iters=100,
+                   eval_interval=250, eval_iters=20, dtype="auto"),
+        description="default; 4 layers, width 192, block 128, sized for a 2-core laptop CPU",
+    ),
+    "nanogpt-cpu": TrainPreset(
+        model="nanogpt-cpu",
+        train=dict(_NANOGPT, batch_size=12, max_iters=2000, lr_decay_iters=2000, eval_interval=250, eval_iters=20),
+        description="nanoGPT's CPU recipe: 4 layers, 4 heads, width 128, block 64, batch 12, 2000 iters",
+    ),
+    "shakespeare-char": TrainPreset(
+        model="shakespeare-char",
+        train=dict(_NANOGPT, batch_size=64, max_iters=5000, lr_decay_iters=5000, eval_interval=250,
+                   eval_iters=200),
+        description="nanoGPT's shakespeare-char for a GPU: 6 layers, 6 heads, width 384, block 256",
+    ),
+    "char-tiny": TrainPreset(
+        model="char-tiny",
+        train=dict(lr=3e-3, min_lr=3e-4, beta2=0.99, batch_size=32, max_iters=1000, warmup_iters=50,
+                   eval_interval=100, eval_iters=10),
+        description="the quick-reference model: 3 layers, width 64; trains in seconds",
+    ),
+}
+
+
+def get_preset(name: str) -> TrainPreset:
+    if name not in TRAIN_PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(TRAIN_PRESETS)}")
+    preset = TRAIN_PRESETS[name]
+    if preset.model not in MODEL_PRESETS:  # guards against a renamed model preset
+        raise ValueError(f"preset {name!r} names model preset {preset.model!r}, which does not exist")
+    return preset
