@@ -160,12 +160,18 @@ class _Gate:
             return
         path = scope["path"]
         endpoint = path if path in ENDPOINTS else "other"
-        status = 500
+        counted = False
+
+        def count(status: int) -> None:
+            nonlocal counted
+            counted = True
+            self.metrics.requests.labels(endpoint=endpoint).inc()
+            if status >= 400:
+                self.metrics.errors.labels(endpoint=endpoint, status=str(status)).inc()
 
         async def send_watch(message: dict) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
+            if message["type"] == "http.response.start":  # count before the client can see the answer
+                count(message["status"])
             await send(message)
 
         headers = dict(scope.get("headers") or [])
@@ -189,9 +195,8 @@ class _Gate:
             else:
                 await self.app(scope, receive, send_watch)
         finally:
-            self.metrics.requests.labels(endpoint=endpoint).inc()
-            if status >= 400:
-                self.metrics.errors.labels(endpoint=endpoint, status=str(status)).inc()
+            if not counted:  # the app failed before it could answer
+                count(500)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -203,6 +208,21 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise HTTPError(413, f"request body is over the limit of {limit} bytes. Send a shorter prompt.")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _next_event(job: Job, request: Request) -> tuple | None:
+    """The job's next event, or None once the client has hung up (checked every 0.25 s)."""
+    getter = asyncio.ensure_future(job.events.get())
+    try:
+        while True:
+            done, _ = await asyncio.wait({getter}, timeout=0.25)
+            if done:
+                return getter.result()
+            if await request.is_disconnected():
+                return None
+    finally:
+        if not getter.done():
+            getter.cancel()
 
 
 def _sse(data: dict, event: str | None = None) -> str:
@@ -322,7 +342,9 @@ def create_app(
         if not req.stream:
             try:
                 while True:
-                    event = await job.events.get()
+                    event = await _next_event(job, request)
+                    if event is None:  # nobody is waiting for the answer any more
+                        return Response(status_code=499)
                     if event[0] == "error":
                         raise HTTPError(500, event[1])
                     if event[0] == "done":
@@ -335,7 +357,9 @@ def create_app(
         async def events():
             try:
                 while True:
-                    event = await job.events.get()
+                    event = await _next_event(job, request)
+                    if event is None:
+                        return
                     if event[0] == "token":
                         yield _sse({"token": event[2], "id": event[1]})
                     elif event[0] == "done":
