@@ -50,7 +50,8 @@ def page_and_model():
         )
         try:
             page = context.new_page()
-            page.set_default_timeout(20_000)
+            page.set_default_timeout(30_000)
+            sync_api.expect.set_options(timeout=30_000)  # a busy CI machine can be slow; bounded all the same
             page.goto(url + "/")
             yield page, model, tok
         finally:
