@@ -623,7 +623,6 @@ def _read_prompts(path: str) -> list[str]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import torch
 
     from .checkpoint import load_checkpoint
     from .device import get_device
@@ -651,7 +650,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     val = f", val loss {info.best_val_loss:.4f}" if info.best_val_loss is not None else ""
     print(f"[loaded {folder} (step {info.step}{val}) on {device}]", file=sys.stderr, flush=True)
     gen = _Generator(model, info.tokenizer, device, args)
-    torch.set_grad_enabled(False)
     if args.interactive:
         return _interactive(gen)
     if prompts is None:
