@@ -159,7 +159,10 @@ def _ddp(out_dir: str, steps: int) -> None:
                 checksums.append([t.item() for t in every])
 
         out = Path(out_dir) / f"ga{grad_accum}"
-        cfg = quiet(max_iters=steps, eval_interval=0, grad_accum=grad_accum, out_dir=str(out), grad_clip=1.0)
+        # evaluations at steps 0 and `steps` draw 2 x eval_iters = 4 batches: an even number, so the
+        # training pieces above stay in turn
+        cfg = quiet(max_iters=steps, eval_interval=steps, eval_iters=2, grad_accum=grad_accum, out_dir=str(out),
+                    grad_clip=1.0)
         trainer = Trainer(model, get_batch, cfg, callback=callback)
         trainers.append(trainer)
         if not trainer.is_main:  # rank-0-only files: any write from another rank fails the run
@@ -174,6 +177,7 @@ def _ddp(out_dir: str, steps: int) -> None:
             (out / "ddp_result.json").write_text(json.dumps({
                 "checksums": checksums, "status": history.status, "world_size": dist.get_world_size(),
                 "losses": history.column("train_loss", "step"), "device": str(trainer.device),
+                "val_losses": history.column("val_loss", "eval"),
             }))
     for trainer in trainers:
         trainer.close()

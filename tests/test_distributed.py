@@ -10,6 +10,7 @@ import pytest
 import torch
 from _train_helpers import fixed_batch, quiet, tiny_gpt
 
+from minigpt.checkpoint import load_train_state
 from minigpt.train import Trainer
 
 HELPER = Path(__file__).with_name("_train_helpers.py")
@@ -57,6 +58,11 @@ def test_ddp_completes_with_identical_ranks(ddp_run, grad_accum):
     for step_sums in result["checksums"]:  # after every optimizer step, both ranks hold the same weights
         assert step_sums[0] == step_sums[1]
     assert (ddp_run / f"ga{grad_accum}" / "ckpt" / "model.safetensors").exists()  # written by rank 0
+    assert (ddp_run / f"ga{grad_accum}" / "best" / "model.safetensors").exists()
+    assert len(result["val_losses"]) == 2 and result["val_losses"][1] < result["val_losses"][0]
+    state = load_train_state(ddp_run / f"ga{grad_accum}" / "ckpt")
+    assert state["world_size"] == 2 and len(state["data_rng"]) == 2  # every rank's data stream, for resuming
+    assert not torch.equal(state["data_rng"][0], state["data_rng"][1])
 
 
 @pytest.mark.parametrize("grad_accum", [1, 2])
