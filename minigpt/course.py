@@ -277,7 +277,7 @@ def _read_results(path: Path, student: str, notebook: str) -> list[GradeRow]:
     return rows
 
 
-def _cell_error_rows(nb, student: str, notebook: str) -> list[GradeRow]:
+def _cell_error_rows(nb, student: str, notebook: str, timeout: int) -> list[GradeRow]:
     """Rows for errors raised outside the checkers (a checker failure is already in the results)."""
     rows = []
     for i, cell in enumerate(nb.cells, start=1):
@@ -289,7 +289,10 @@ def _cell_error_rows(nb, student: str, notebook: str) -> list[GradeRow]:
             ename, evalue = out.get("ename", "Error"), out.get("evalue", "")
             # A stub called outside a checker: the exercise is unfinished, not broken.
             status = "not done" if ename == "NotImplementedError" else "error"
-            rows.append(GradeRow(student, notebook, f"(cell {i})", status, f"{ename}: {evalue}"))
+            message = f"{ename}: {evalue}"
+            if ename == "KeyboardInterrupt":  # nbclient interrupts a cell that outlives the timeout
+                message = f"KeyboardInterrupt: the cell ran longer than {timeout} s (the per-cell timeout)"
+            rows.append(GradeRow(student, notebook, f"(cell {i})", status, message))
     return rows
 
 
@@ -322,10 +325,10 @@ def grade_notebook(path, student: str, notebook: str, *, timeout: int = 600, fas
         crash = None
         try:
             client.execute(env=env)
-        except Exception as e:  # dead kernel, kernel that never starts, ...
+        except Exception as e:  # dead kernel (out of memory, the notebook exited), kernel that never starts
             crash = GradeRow(student, notebook, "(notebook)", "error", f"{type(e).__name__}: {e}".strip()[:1000])
         rows = _read_results(results, student, notebook)
-    rows += _cell_error_rows(nb, student, notebook)
+    rows += _cell_error_rows(nb, student, notebook, timeout)
     if crash is not None:
         rows.append(crash)
     return rows

@@ -225,6 +225,23 @@ def test_grade_writes_one_row_per_student_and_exercise(tmp_path):
     assert len(rows) == 4
 
 
+def test_error_outputs_become_rows_except_checker_failures():
+    nb = nbformat.v4.new_notebook()
+    errors = [("ExerciseFailed", "already in the results file"), ("NotImplementedError", "hint"),
+              ("KeyboardInterrupt", ""), ("ZeroDivisionError", "division by zero")]
+    nb.cells = [nbformat.v4.new_markdown_cell("text")]
+    for ename, evalue in errors:
+        cell = _code("x")
+        cell.outputs = [nbformat.v4.new_output("error", ename=ename, evalue=evalue, traceback=[])]
+        nb.cells.append(cell)
+    rows = [(r.exercise, r.status, r.message) for r in course._cell_error_rows(nb, "s", "n", timeout=7)]
+    assert rows == [
+        ("(cell 3)", "not done", "NotImplementedError: hint"),
+        ("(cell 4)", "error", "KeyboardInterrupt: the cell ran longer than 7 s (the per-cell timeout)"),
+        ("(cell 5)", "error", "ZeroDivisionError: division by zero"),
+    ]
+
+
 def test_find_submissions_layouts_and_bad_names(tmp_path):
     for p in ["ann/01_a.ipynb", "ann/ps1/02_b.ipynb", "ben__01_a.ipynb", "notes.txt"]:
         (tmp_path / p).parent.mkdir(parents=True, exist_ok=True)
@@ -307,3 +324,41 @@ def test_committed_notebooks_pass_nbstripout_verify():
         f"{result.stdout}{result.stderr}run: nbstripout notebooks/*.ipynb (it also renumbers cell ids 0, 1, ...; "
         f"random ids from Jupyter fail this check)"
     )
+
+
+# ----------------------------------------------------------------------------- GitHub Actions workflow
+
+
+def test_ci_workflow_is_valid_and_mirrors_the_local_checks():
+    yaml = pytest.importorskip("yaml")
+    text = (REPO / ".github" / "workflows" / "ci.yml").read_text()
+    wf = yaml.safe_load(text)
+    triggers = wf.get("on", wf.get(True))  # YAML 1.1 reads the key `on` as True
+    assert {"push", "pull_request", "schedule"} <= set(triggers)
+    assert triggers["schedule"][0]["cron"].split()[-1] == "1"  # weekly
+    jobs = wf["jobs"]
+    assert {"tests", "notebooks", "newest-releases"} <= set(jobs)
+    for name, job in jobs.items():
+        assert job["runs-on"] == "ubuntu-latest" and job["steps"], name
+        assert all(("uses" in s) != ("run" in s) for s in job["steps"]), f"{name}: a step needs uses or run"
+        runs = "\n".join(s.get("run", "") for s in job["steps"])
+        python = [s["with"]["python-version"] for s in job["steps"] if s.get("uses", "").startswith("actions/setup")]
+        assert python == ["3.11"], name
+        if name == "newest-releases":
+            assert "pip install --upgrade torch" in runs and "--upgrade-strategy eager" in runs
+            assert "schedule" in job["if"]
+        else:
+            assert 'pip install "torch==2.13.0" --index-url "$TORCH_CPU_INDEX"' in runs
+            assert "schedule" in job["if"] and "!=" in job["if"]
+    assert wf["env"]["TORCH_CPU_INDEX"] == "https://download.pytorch.org/whl/cpu"
+    tests = "\n".join(s.get("run", "") for s in jobs["tests"]["steps"])
+    assert "ruff check" in tests and "pytest" in tests
+    nb_steps = jobs["notebooks"]["steps"]
+    nb_runs = "\n".join(s.get("run", "") for s in nb_steps)
+    assert "pytest --nbmake notebooks/" in nb_runs and "nbstripout --verify" in nb_runs
+    assert jobs["notebooks"]["env"]["MINIGPT_FAST"] == "1"
+    # the inline student-version check is valid Python and uses names this module exports
+    script = nb_runs.split("<<'PY'\n", 1)[1].split("\nPY", 1)[0]
+    compile(script, "ci.yml", "exec")
+    assert "make_student_versions" in script and "grade(" in script
+    assert {"make_student_versions", "grade"} <= set(course.__all__)
