@@ -75,10 +75,15 @@ def load_for_serving(checkpoint: str | os.PathLike, device: str = "cpu") -> tupl
 
 
 def _run_cli(args: argparse.Namespace) -> int:
+    import torch
     import uvicorn
 
     from .app import create_app as _create_app
 
+    if args.threads is not None:
+        # One decoding thread owns the model; small models gain nothing from intra-op threads, and
+        # threads spinning against the HTTP loop (and each other on a busy machine) cost a lot.
+        torch.set_num_threads(args.threads)
     model, tokenizer, info = load_for_serving(args.checkpoint, device=args.device)
     settings = ServeSettings(
         max_new_tokens_limit=args.max_new_tokens_limit,
@@ -121,6 +126,8 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--cache-size", type=int, default=d.cache_size)
     p.add_argument("--no-batching", action="store_true", help="decode one request at a time")
     p.add_argument("--no-cache", action="store_true", help="turn the response cache off")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads for decoding (default 1; raise it for large models)")
     p.add_argument("--log-level", default="warning")
     p.set_defaults(func=_run_cli)
     return p
