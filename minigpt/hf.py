@@ -311,6 +311,7 @@ def load_causal_lm(
     force_offline: bool | None = None,
     hub_timeout: float = 3.0,
     fallback_vocab_size: int = FALLBACK_VOCAB_SIZE,
+    fallback_text: str | None = None,
     seed: int = 0,
     verbose: bool = True,
 ) -> tuple[Any, Any, LoadInfo]:
@@ -321,7 +322,8 @@ def load_causal_lm(
     printed and a tiny random GPT-2 with a Shakespeare BPE is returned (``info.source == "fallback"``);
     with ``offline_ok=False`` an ``OSError`` is raised instead. ``force_offline=None`` reads
     ``MINIGPT_HF_OFFLINE``. Pass ``attn_implementation="eager"`` when you need attention weights
-    (the default sdpa kernel returns none). ``seed`` fixes the fallback's random initialisation.
+    (the default sdpa kernel returns none). ``seed`` fixes the fallback's random initialisation;
+    ``fallback_text`` trains its tokenizer on your text instead of tiny Shakespeare (tests use it).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -363,7 +365,7 @@ def load_causal_lm(
             f"at a folder that holds a copy of the cache, or pass offline_ok=True for the tiny offline fallback."
         )
 
-    tok = fallback_tokenizer(fallback_vocab_size)
+    tok = fallback_tokenizer(fallback_vocab_size, text=fallback_text)
     tok.model_max_length = 256
     config = tiny_gpt2_config(len(tok), eos_token_id=tok.eos_token_id, n_positions=256)
     with torch.random.fork_rng(devices=[]):  # deterministic init without disturbing the caller's RNG
