@@ -1,0 +1,201 @@
+"""Training tokens/s of minigpt vs Hugging Face GPT2LMHeadModel at nanoGPT's CPU config.
+
+nanoGPT's CPU recipe: 4 layers, 4 heads, width 128, block 64, batch 12, vocab 65, no dropout,
+AdamW lr 1e-3. Both models start from the SAME weights (minigpt's init converted with
+minigpt.hf.minigpt_to_gpt2, checked by comparing the first loss) and run the SAME loop: forward,
+cross-entropy on the logits, backward, clip at 1.0, AdamW step. Only the model code differs.
+
+Rounds are interleaved (every contender once per round); figures are medians over rounds, the
+speedup is the median of per-round ratios. MFU = achieved FLOP/s / matmul FLOP/s measured in the
+same run, with nanoGPT's estimate (PaLM appendix B): FLOPs per token = 6 N + 12 L H Q T, N the
+non-embedding parameter count (the tied token embedding counts: it is the output layer too).
+
+    python bench/train_throughput.py            # ~3-5 minutes
+    python bench/train_throughput.py --quick    # smoke run, ~1 minute
+    python bench/train_throughput.py --compile  # adds torch.compile contenders (slow to compile)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from _common import (
+    PeakRSS,
+    in_child,
+    machine_info,
+    markdown_table,
+    matmul_peak_gflops,
+    median,
+    set_threads,
+    shakespeare_ids,
+    write_json,
+)
+
+CONFIG = dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
+BATCH, LR = 12, 1e-3
+
+
+def build(impl: str, compile_model: bool = False, seed: int = 1337) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    from minigpt.model import GPT, GPTConfig
+
+    torch.manual_seed(seed)
+    model: torch.nn.Module = GPT(GPTConfig(**CONFIG))
+    if impl == "hf":
+        from minigpt.hf import minigpt_to_gpt2
+
+        model = minigpt_to_gpt2(model)  # same weights, Hugging Face's code
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=LR, betas=(0.9, 0.99))
+    if compile_model:
+        model = torch.compile(model)
+    return model, opt
+
+
+def loss_of(impl: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    logits = model(x)[0] if impl == "minigpt" else model(input_ids=x).logits  # (B, T, V)
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+
+
+def step(impl: str, model: torch.nn.Module, opt: torch.optim.Optimizer, x, y, dtype) -> float:
+    ctx = torch.autocast("cpu", dtype=dtype) if dtype is not None else torch.autocast("cpu", enabled=False)
+    with ctx:
+        loss = loss_of(impl, model, x, y)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def batches(n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    from minigpt.data import get_batch
+
+    try:
+        train, _, _ = shakespeare_ids()
+    except Exception:  # offline and no cached copy: random tokens cost the same to train on
+        train = torch.randint(0, CONFIG["vocab_size"], (100_000,), generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(seed)
+    return [get_batch(train, CONFIG["block_size"], BATCH, generator=g) for _ in range(n)]
+
+
+def memory_probe(impl: str, dtype_name: str, steps: int, threads: int | None) -> dict[str, float]:
+    """In a fresh process: peak RSS during `steps` training steps, and its rise above the RSS before them."""
+    set_threads(threads)
+    dtype = {"fp32": None, "bf16": torch.bfloat16}[dtype_name]
+    model, opt = build(impl)
+    data = batches(steps)
+    with PeakRSS() as mem:
+        for x, y in data:
+            step(impl, model, opt, x, y, dtype)
+    return {"peak_rss_mib": mem.peak_mib, "training_mib": mem.delta_mib}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="few steps and rounds: checks the script works")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, quick 2)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per contender per round (default 40)")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast contenders")
+    ap.add_argument("--no-memory", action="store_true", help="skip the child-process memory probes")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice; use 1 on "
+                    "a machine shared with other jobs)")
+    args = ap.parse_args()
+    set_threads(args.threads)
+    rounds = args.rounds or (2 if args.quick else 5)
+    steps = args.steps or (5 if args.quick else 40)
+    warmup = 2 if args.quick else 10
+
+    contenders: list[tuple[str, str, bool]] = [("minigpt", "fp32", False), ("hf", "fp32", False)]
+    if not args.no_bf16:
+        contenders += [("minigpt", "bf16", False), ("hf", "bf16", False)]
+    if args.compile:
+        contenders += [("minigpt", "fp32", True), ("hf", "fp32", True)]
+    dtypes = {"fp32": None, "bf16": torch.bfloat16}
+
+    data = batches(steps + warmup)
+    state: dict[tuple, Any] = {}
+    first_loss = {}
+    for c in contenders:
+        impl, prec, comp = c
+        model, opt = build(impl, comp)
+        with torch.no_grad():
+            first_loss[c] = loss_of(impl, model, *data[0]).item()
+        state[c] = (model, opt)
+    ref = first_loss[("minigpt", "fp32", False)]
+    for c, loss in first_loss.items():  # same weights -> same starting loss, or the comparison is void
+        assert abs(loss - ref) < 1e-4, f"{c} starts at loss {loss}, minigpt at {ref}: not the same model"
+
+    from minigpt.model import GPT, GPTConfig
+
+    probe = GPT(GPTConfig(**CONFIG))
+    # non-embedding count as in nanoGPT: everything but the position table (the tied wte is the output layer)
+    N = sum(p.numel() for p in probe.parameters()) - probe.transformer.wpe.weight.numel()
+    L, H, Q, T = CONFIG["n_layer"], CONFIG["n_head"], CONFIG["n_embd"] // CONFIG["n_head"], CONFIG["block_size"]
+    flops_per_token = 6 * N + 12 * L * H * Q * T
+
+    tps: dict[tuple, list[float]] = {c: [] for c in contenders}
+    peaks: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    print(f"{len(contenders)} contenders, {rounds} rounds x {steps} steps (batch {BATCH} x block {T})", flush=True)
+    for r in range(rounds):
+        peaks["fp32"].append(matmul_peak_gflops(torch.float32, seconds=0.5))
+        if not args.no_bf16:
+            peaks["bf16"].append(matmul_peak_gflops(torch.bfloat16, seconds=0.5))
+        order = contenders if r % 2 == 0 else contenders[::-1]  # alternate who goes first
+        for c in order:
+            impl, prec, _ = c
+            model, opt = state[c]
+            for x, y in data[:warmup] if r == 0 else data[:2]:
+                step(impl, model, opt, x, y, dtypes[prec])
+            t0 = time.perf_counter()
+            for x, y in data[warmup:]:
+                step(impl, model, opt, x, y, dtypes[prec])
+            dt = time.perf_counter() - t0
+            tps[c].append(steps * BATCH * T / dt)
+        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{c[0]}-{c[1]}{'-compiled' if c[2] else ''} "
+                                                     f"{tps[c][-1]:,.0f}" for c in contenders), flush=True)
+
+    memory: dict[tuple, dict[str, float]] = {}
+    if not args.no_memory:
+        for c in contenders:
+            if not c[2]:
+                memory[c] = in_child(memory_probe, c[0], c[1], 5 if args.quick else 20, args.threads)
+
+    base = ("hf", "fp32", False)
+    rows, results = [], []
+    for c in contenders:
+        impl, prec, comp = c
+        ratio = median([a / b for a, b in zip(tps[c], tps[base])])
+        peak = median(peaks[prec]) if peaks[prec] else float("nan")
+        mfu = median(tps[c]) * flops_per_token / (peak * 1e9) if peak == peak else float("nan")
+        mem = memory.get(c, {})
+        name = ("minigpt" if impl == "minigpt" else "HF GPT2LMHeadModel") + (" + compile" if comp else "")
+        rows.append([name, prec + (" autocast" if prec == "bf16" else ""), median(tps[c]), f"{ratio:.2f}x",
+                     f"{100 * mfu:.1f}%", mem.get("peak_rss_mib", float("nan")),
+                     mem.get("training_mib", float("nan"))])
+        results.append({"impl": impl, "precision": prec, "compiled": comp, "tokens_per_s": tps[c],
+                        "median_tokens_per_s": median(tps[c]), "ratio_vs_hf_fp32": ratio, "mfu": mfu, **mem})
+    print()
+    print(f"Training throughput, torch threads {torch.get_num_threads()}, nanoGPT CPU config ({L} layers, "
+          f"{H} heads, width {CONFIG['n_embd']}, block {T}, batch {BATCH}, "
+          f"{N:,} non-embedding params), {rounds} interleaved rounds x {steps} steps")
+    print(markdown_table(["model", "precision", "tokens/s", "vs HF fp32", "MFU", "peak RSS MiB", "training MiB"],
+                         rows))
+    bf = f", bf16 {median(peaks['bf16']):,.0f}" if peaks["bf16"] else ""
+    print(f"\nmatmul peak (1024^3, same run): fp32 {median(peaks['fp32']):,.0f} GFLOP/s{bf}; "
+          f"FLOPs/token {flops_per_token:,}; machine: {machine_info()}")
+    path = write_json("train_throughput", {"config": CONFIG, "batch": BATCH, "rounds": rounds, "steps": steps,
+                                            "flops_per_token": flops_per_token, "matmul_peak_gflops": peaks,
+                                            "results": results, "machine": machine_info()})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
