@@ -213,7 +213,7 @@ def check_conv1d_to_linear(fn) -> None:
             torch.allclose(got, want, atol=1e-5),
             f"for a Conv1D({nf}, {nx}) your Linear gives different outputs (max diff "
             f"{(got - want).abs().max():.3g}). Linear computes x @ W.T + b and Conv1D computes x @ W + b, so "
-            "linear.weight must be conv.weight.T.",
+            "linear.weight must be its transpose, conv.weight.T.",
         )
         expect(
             lin.weight.data_ptr() != conv.weight.data_ptr(),
