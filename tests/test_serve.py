@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
-import torch
-from _serve_helpers import slow_model, tiny_model, wait_until
 
-from minigpt.generation import generate
-from minigpt.serve import ServeSettings, add_cli, create_app, load_for_serving
-from minigpt.serve.background import ThreadServer
-from minigpt.serve.cache import LRUCache
+pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install minigpt[serve])")
+import httpx  # noqa: E402
+import torch  # noqa: E402
+from _serve_helpers import slow_model, tiny_model, wait_until  # noqa: E402
+
+from minigpt.generation import generate  # noqa: E402
+from minigpt.serve import ServeSettings, add_cli, create_app, load_for_serving, settings_from_args  # noqa: E402
+from minigpt.serve.background import ThreadServer  # noqa: E402
+from minigpt.serve.cache import LRUCache  # noqa: E402
 
 TIMEOUT = 60.0  # generous: CI machines can be slow; nothing here should take more than a second or two
 
@@ -338,7 +340,7 @@ def test_api_key_is_required_everywhere_but_healthz():
 
 
 # --- CLI and checkpoints -------------------------------------------------------------------------------
-def test_cli_defaults_to_loopback(monkeypatch):
+def test_cli_defaults_to_loopback_and_reads_the_key_from_the_environment(monkeypatch):
     import argparse
 
     parser = argparse.ArgumentParser(prog="minigpt")
@@ -346,6 +348,13 @@ def test_cli_defaults_to_loopback(monkeypatch):
     args = parser.parse_args(["serve", "--checkpoint", "out/best"])
     assert (args.host, args.port, args.api_key) == ("127.0.0.1", 8000, None)
     assert callable(args.func)
+    monkeypatch.delenv("MINIGPT_API_KEY", raising=False)
+    assert settings_from_args(args).api_key is None
+    monkeypatch.setenv("MINIGPT_API_KEY", "from-env")
+    assert settings_from_args(args).api_key == "from-env"
+    flagged = parser.parse_args(["serve", "--checkpoint", "x", "--api-key", "flag", "--no-batching", "--no-cache"])
+    s = settings_from_args(flagged)
+    assert (s.api_key, s.max_batch_size, s.cache_size) == ("flag", 1, 0)
     with pytest.raises(SystemExit):
         parser.parse_args(["serve"])  # --checkpoint is required
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ServeSettings", "create_app", "load_for_serving", "add_cli", "main", "API_KEY_ENV"]
+__all__ = ["ServeSettings", "create_app", "load_for_serving", "settings_from_args", "add_cli", "main", "API_KEY_ENV"]
 
 API_KEY_ENV = "MINIGPT_API_KEY"
 
@@ -74,6 +74,22 @@ def load_for_serving(checkpoint: str | os.PathLike, device: str = "cpu") -> tupl
     return model, info.tokenizer, {"path": str(info.path), "step": info.step, "model_class": info.model_class}
 
 
+def settings_from_args(args: argparse.Namespace, model_name: str = "minigpt") -> ServeSettings:
+    """ServeSettings from ``minigpt serve`` arguments; the API key falls back to $MINIGPT_API_KEY."""
+    return ServeSettings(
+        max_new_tokens_limit=args.max_new_tokens_limit,
+        default_max_new_tokens=min(64, args.max_new_tokens_limit),
+        max_body_bytes=args.max_body_bytes,
+        max_queue=args.max_queue,
+        max_batch_size=1 if args.no_batching else args.max_batch_size,
+        batch_wait_ms=args.batch_wait_ms,
+        cache_size=0 if args.no_cache else args.cache_size,
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        model_name=model_name,
+        device=args.device,
+    )
+
+
 def _run_cli(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
@@ -85,18 +101,7 @@ def _run_cli(args: argparse.Namespace) -> int:
         # threads spinning against the HTTP loop (and each other on a busy machine) cost a lot.
         torch.set_num_threads(args.threads)
     model, tokenizer, info = load_for_serving(args.checkpoint, device=args.device)
-    settings = ServeSettings(
-        max_new_tokens_limit=args.max_new_tokens_limit,
-        default_max_new_tokens=min(64, args.max_new_tokens_limit),
-        max_body_bytes=args.max_body_bytes,
-        max_queue=args.max_queue,
-        max_batch_size=1 if args.no_batching else args.max_batch_size,
-        batch_wait_ms=args.batch_wait_ms,
-        cache_size=0 if args.no_cache else args.cache_size,
-        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
-        model_name=os.path.basename(os.path.normpath(info["path"])),
-        device=args.device,
-    )
+    settings = settings_from_args(args, model_name=os.path.basename(os.path.normpath(info["path"])))
     app = _create_app(model, tokenizer, settings, checkpoint_info=info)
     if args.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
         print(f"warning: serving on {args.host} without an API key; anyone who can reach it can use it")
