@@ -282,6 +282,11 @@ class BatchingEngine:
         next_logits = _NextLogits(self.model, use_cache=True)
         n_new = None
         while rows:
+            if self._stopping:  # shutting down: tell the clients instead of leaving them hanging
+                for job in rows:
+                    job.finish_reason = "error"
+                    job.emit(("error", "the server is shutting down"))
+                return
             keep = [i for i, j in enumerate(rows) if not j.cancelled.is_set()]
             if len(keep) < len(rows):
                 for j in rows:
