@@ -545,21 +545,32 @@ def analyze_attention(
         "heads": table,
         "top_attended": top_attended(attn, layer=summary_layer, head=head, k=3),
     }
+    last = list(range(max(0, attn.T - 3), attn.T))
+    summary = top_attended(attn, layer=summary_layer, head=head, k=3, queries=last)
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     files.append(out / "metrics.json")
     result["files"] = [str(f) for f in files]
+    result["last_tokens"] = summary  # the last tokens' top keys, for the console
     if show:
         viz.show_files([f for f in files if str(f).endswith(".png")])
     return result
 
 
 def _run_cli(args: argparse.Namespace) -> int:
+    import sys
+
+    from .checkpoint import CheckpointError
+
     if args.checkpoint is None:
         print("No --checkpoint given: analysing an UNTRAINED GPT with random weights (a baseline).")
-    result = analyze_attention(
-        args.checkpoint, args.text, out=args.out, layer=args.layer, head=args.head, show=args.show,
-        seed=args.seed, device=args.device,
-    )
+    try:
+        result = analyze_attention(
+            args.checkpoint, args.text, out=args.out, layer=args.layer, head=args.head, show=args.show,
+            seed=args.seed, device=args.device,
+        )
+    except (CheckpointError, ValueError, IndexError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if result["note"]:
         print("Note:", result["note"])
     counts: dict[str, int] = {}
@@ -567,7 +578,7 @@ def _run_cli(args: argparse.Namespace) -> int:
         counts[row["label"]] = counts.get(row["label"], 0) + 1
     print(f"{result['model']}: {result['n_layer']} layers x {result['n_head']} heads; labels: "
           + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    print(result["top_attended"].split("\n  ", 1)[0])
+    print(result["last_tokens"])
     for f in result["files"]:
         print("wrote", f)
     return 0
@@ -604,5 +615,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    # run through the package module, so `Attention` is one class (not a second copy in __main__)
+    from minigpt.analysis import main as _main
+
+    raise SystemExit(_main())
 

@@ -281,6 +281,8 @@ def test_cli_with_checkpoint(tmp_path, capsys):
     assert data["tokens"] == list("hello") and data["n_layer"] == 1
     with pytest.raises(ValueError, match="trained on"):
         analyze_attention(tmp_path / "ckpt", "HELLO?", out=out)
+    assert main(["analyze-attention", "--checkpoint", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
 
 
 def test_add_cli_registers_subcommand():
