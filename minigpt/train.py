@@ -116,7 +116,7 @@ class TrainConfig:
     log_interval: int = 10  # steps between history rows / progress-bar updates
     max_time_s: float | None = None  # wall-clock budget in seconds (resumed runs count earlier time)
     progress: bool = True  # tqdm progress bar and one line per evaluation (rank 0)
-    fused: bool | None = None  # fused AdamW; None = on CUDA only
+    fused: bool | None = None  # fused AdamW kernel; None = on CUDA and CPU (not MPS)
 
     def __post_init__(self) -> None:
         positive = ("max_iters", "batch_size", "grad_accum", "log_interval")
@@ -352,7 +352,9 @@ def configure_optimizer(model: nn.Module, config: TrainConfig, device: torch.dev
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    fused = config.fused if config.fused is not None else device.type == "cuda"
+    # the fused kernel does the whole update in one pass (on CPU since torch 2.4); measured here on a
+    # 2-core CPU it halves the optimizer's share of a step against the default foreach version
+    fused = config.fused if config.fused is not None else device.type in ("cuda", "cpu")
     kwargs = {"fused": True} if fused else {}
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), **kwargs)
 
@@ -522,13 +524,13 @@ class Trainer:
             value /= self.dist.world_size
         return value
 
-    def _any(self, flag: bool) -> bool:
-        """True if `flag` is True on any rank (keeps every rank's stop decision the same)."""
+    def _any(self, *flags: bool) -> tuple[bool, ...]:
+        """Each flag OR-ed over all ranks, in one all-reduce (every rank then stops together)."""
         if not self.dist.enabled:
-            return flag
-        t = torch.tensor([float(flag)], device=self.device)
+            return flags
+        t = torch.tensor([float(f) for f in flags], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+        return tuple(bool(v) for v in t.tolist())
 
     def _weights_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
@@ -681,7 +683,7 @@ class Trainer:
             # the scale. Only a long run of skips means real overflow.
             self._skipped_steps = self._skipped_steps + 1 if bad_grad else 0
             bad_grad = self._skipped_steps > 20
-        if self._any(bad_loss or bad_grad):
+        if self._any(bad_loss or bad_grad)[0]:
             self.optimizer.zero_grad(set_to_none=True)
             return {"diverged": True, "loss": loss_v, "grad_norm": norm_v, "lr": lr}
         self.scaler.step(self.optimizer)
@@ -788,8 +790,7 @@ class Trainer:
                     self.save(LATEST_DIR)
                 out_of_time = cfg.max_time_s is not None and self.elapsed >= cfg.max_time_s
                 stop_cb = self._stop_request
-                if self.dist.enabled:
-                    stop_cb, out_of_time = self._any(stop_cb), self._any(out_of_time)
+                stop_cb, out_of_time = self._any(stop_cb, out_of_time)
                 if stop_early or out_of_time or stop_cb:
                     status = "early_stopped" if stop_early else "time_limit" if out_of_time else "stopped"
                     break

@@ -73,7 +73,10 @@ def test_ddp_step_equals_full_batch_step(ddp_run, grad_accum):
     ref = _single_process_reference()
     assert ddp.keys() == ref.keys()
     for k in ref:
-        torch.testing.assert_close(ddp[k], ref[k], atol=1e-6, rtol=1e-5, msg=k)
+        # atol 1e-5 rather than 1e-6: the key bias in c_attn has an analytically zero gradient (softmax
+        # ignores a shift shared by all keys), so its gradient is rounding noise that differs with the
+        # summation order, and Adam scales that noise up to ~1e-6 steps. Real updates here are ~1e-3.
+        torch.testing.assert_close(ddp[k], ref[k], atol=1e-5, rtol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
     # and the weights did move, so the comparison means something
     start = tiny_gpt(seed=0).state_dict()
-    assert any(not torch.allclose(ref[k], start[k]) for k in ref)
+    assert max((ref[k] - start[k]).abs().max().item() for k in ref) > 1e-3
