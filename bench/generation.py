@@ -91,22 +91,26 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="short lengths, one round: checks the script works")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, quick 1)")
     ap.add_argument("--train-steps", type=int, default=None, help="training steps before measuring (default 300)")
+    ap.add_argument("--lengths", type=int, nargs="+", default=None, help="new tokens per case (default 100 500 1000)")
+    ap.add_argument("--full-context", type=int, default=None,
+                    help="new tokens of the full-context case (default 500; 0 = skip it)")
     ap.add_argument("--no-memory", action="store_true", help="skip the child-process memory probes")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared machine)")
     args = ap.parse_args()
     set_threads(args.threads)
     rounds = args.rounds or (1 if args.quick else 3)
     steps = args.train_steps if args.train_steps is not None else (30 if args.quick else 300)
-    lengths = [20, 50] if args.quick else [100, 500, 1000]
-    full_n = 50 if args.quick else 500
+    lengths = args.lengths if args.lengths is not None else [20, 50] if args.quick else [100, 500, 1000]
+    full_n = args.full_context if args.full_context is not None else 50 if args.quick else 500
     block = CONFIG["block_size"]
 
     t0 = time.perf_counter()
     model, hf, val = trained_model(steps)
     print(f"trained the benchmark model for {steps} steps in {time.perf_counter() - t0:.0f} s", flush=True)
     short = val[:16].unsqueeze(0)  # a 16-character prompt
-    cases = [(f"{n}", short, n) for n in lengths] + [(f"full context ({block - full_n}+{full_n})",
-                                                      val[: block - full_n].unsqueeze(0), full_n)]
+    cases = [(f"{n}", short, n) for n in lengths]
+    if full_n:
+        cases.append((f"full context ({block - full_n}+{full_n})", val[: block - full_n].unsqueeze(0), full_n))
     with torch.no_grad():  # first calls allocate and pick kernels; keep that out of the timings
         for name in CONTENDERS:
             run(name, model, hf, short, 8)
@@ -134,7 +138,7 @@ def main() -> None:
     memory: dict[str, dict[str, float]] = {}
     if not args.no_memory:
         for name in CONTENDERS:
-            memory[name] = in_child(memory_probe, name, steps, 16, full_n, args.threads)
+            memory[name] = in_child(memory_probe, name, steps, 16, full_n or max(lengths), args.threads)
 
     rows, results = [], []
     for label, _, n in cases:
@@ -152,8 +156,8 @@ def main() -> None:
     print(markdown_table(["new tokens", *(f"{c} tok/s" for c in CONTENDERS), "cache vs HF", "cache vs no cache",
                           "same tokens"], rows))
     if memory:
-        print(f"\nPeak memory, one {full_n}-token generation from a 16-token prompt, fresh process each "
-              f"(minigpt preallocates a {cache_bytes / 2**20:.1f} MiB KV cache for {block} positions):")
+        print(f"\nPeak memory, one {full_n or max(lengths)}-token generation from a 16-token prompt, fresh process "
+              f"each (minigpt preallocates a {cache_bytes / 2**20:.1f} MiB KV cache for {block} positions):")
         print(markdown_table(["contender", "peak RSS MiB", "generation MiB"],
                              [[name, m["peak_rss_mib"], m["generation_mib"]] for name, m in memory.items()]))
     print(f"\nmachine: {machine_info()}")
