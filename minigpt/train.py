@@ -757,7 +757,7 @@ class Trainer:
 
         self._pbar = tqdm(total=cfg.max_iters, initial=self.step, desc="train", dynamic_ncols=True,
                           disable=not (cfg.progress and self.is_main))
-        last_eval_step = -1
+        last_eval_step = max((r["step"] for r in self.history.evals), default=-1)
         t_log, tok_log = time.perf_counter(), self.tokens_seen
         try:
             if cfg.eval_interval and self.step == 0 and not resumed:

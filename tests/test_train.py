@@ -318,6 +318,9 @@ def test_resume_without_checkpoint_starts_fresh_and_continues_after(tmp_path):
                    resume=True).fit()
     assert more.status == "completed" and more[-1]["step"] == 8
     assert [r["step"] for r in more.evals] == [0, 2, 4, 6, 8]  # earlier history carried over
+    done = Trainer(TinyLM(TinyConfig()), lm_data(), quiet(max_iters=8, eval_interval=2, out_dir=str(tmp_path)),
+                   resume=True).fit()  # nothing left to do: no new steps, no duplicate evaluation
+    assert done.status == "completed" and [r["step"] for r in done.evals] == [0, 2, 4, 6, 8]
 
 
 def test_bf16_autocast_on_cpu_trains():
