@@ -42,6 +42,12 @@ from typing import Any
 import torch
 from torch import nn
 
+__all__ = [
+    "BEST_DIR", "LATEST_DIR", "MODEL_REGISTRY", "CheckpointError", "CheckpointInfo", "build_model",
+    "latest_checkpoint", "load_checkpoint", "load_train_state", "read_meta", "register_model",
+    "save_checkpoint", "strip_prefixes", "unwrap_model",
+]
+
 log = logging.getLogger(__name__)
 
 FORMAT = "minigpt-checkpoint"

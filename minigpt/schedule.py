@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 
+__all__ = ["SCHEDULES", "lr_at"]
+
 SCHEDULES = ("cosine", "linear", "constant")
 
 
