@@ -182,3 +182,17 @@ def test_help_lists_examples_and_presets(capsys):
     out = capsys.readouterr().out
     assert "examples:" in out and "nanogpt-cpu" in out and "--interactive" in out
     assert "--num_epochs" not in out  # aliases are accepted but not advertised
+
+
+def test_max_time_plans_the_schedule_from_measured_speed(tmp_path: Path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "timed"
+    code = main(["train", "--data-file", str(text), "--out-dir", str(out), "--max-time", "2", "--eval-interval",
+                 "0", "--sample-length", "0", *TINY])
+    printed = capsys.readouterr().out
+    assert code == 0
+    planned = int(printed.split("so ")[1].split(" steps fit")[0])
+    meta = json.loads((out / "ckpt" / "meta.json").read_text())
+    assert meta["train_config"]["max_iters"] == planned and meta["train_config"]["max_time_s"] == 2
+    assert meta["train_config"]["lr_decay_iters"] is None  # the decay ends at the planned last step
