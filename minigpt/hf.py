@@ -19,6 +19,7 @@ import math
 import os
 import textwrap
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -170,6 +171,8 @@ def load_gpt2_into_minigpt(name: str = "gpt2", **kwargs: Any) -> GPT:
 OFFLINE_ENV = "MINIGPT_HF_OFFLINE"  # "1" forces the offline fallback (tests, CI) without touching the network
 FALLBACK_VOCAB_SIZE = 4096  # byte-level BPE of the fallback tokenizer: 256 bytes + <|endoftext|> + merges
 _FALLBACK_MARK = "minigpt_offline_fallback"  # stored in config.json so a saved fallback stays labelled
+_PROBE_MEMORY_S = 300.0  # an unreachable hub is remembered this long, so repeated loads do not re-wait
+_unreachable_since: dict[str, float] = {}
 _GPT2_PARAMS = {"gpt2": "124,439,808", "distilgpt2": "81,912,576"}
 
 
@@ -197,6 +200,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     """
     from huggingface_hub import constants
 
+    if time.monotonic() - _unreachable_since.get(constants.ENDPOINT, -math.inf) < _PROBE_MEMORY_S:
+        return False  # asked a moment ago (e.g. a second load in the same notebook): do not wait again
     answered: list[bool] = []
 
     def probe() -> None:
@@ -211,6 +216,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     thread = threading.Thread(target=probe, name="minigpt-hub-probe", daemon=True)
     thread.start()
     thread.join(timeout + 0.5)
+    if not answered:
+        _unreachable_since[constants.ENDPOINT] = time.monotonic()
     return bool(answered)
 
 
@@ -336,6 +343,7 @@ def load_causal_lm(
         return AutoModelForCausalLM.from_pretrained(name, **model_kwargs, **kw), tok
 
     def finish(model: Any, tok: Any, source: str, reason: str = "") -> tuple[Any, Any, LoadInfo]:
+        _set_causal_loss_type(model)
         pretrained = source != "fallback" and not getattr(model.config, _FALLBACK_MARK, False)
         return model, tok, LoadInfo(name, source, pretrained, model.num_parameters(), reason)
 
@@ -442,6 +450,17 @@ def make_training_args(
     return TrainingArguments(**kwargs)
 
 
+def _set_causal_loss_type(model: Any) -> None:
+    """GPT-2's class name does not match transformers' loss table, so its ``loss_type`` is None.
+
+    The loss itself is the same either way (transformers falls back to the causal-LM loss, with a
+    warning), but ``Trainer`` only counts T - 1 predicted tokens per block when ``loss_type`` says so.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the model
+    if getattr(base, "loss_type", "") is None and not getattr(base.config, "is_encoder_decoder", False):
+        base.loss_type = "ForCausalLM"
+
+
 def make_trainer(model: Any, tokenizer: Any, train_dataset: Any, eval_dataset: Any, args: Any) -> Any:
     """A ``Trainer`` for fixed-length blocks: every example already has ``labels``, so no padding collator.
 
@@ -453,9 +472,7 @@ def make_trainer(model: Any, tokenizer: Any, train_dataset: Any, eval_dataset: A
     """
     from transformers import Trainer, default_data_collator
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the model
-    if getattr(base, "loss_type", "") is None and not getattr(base.config, "is_encoder_decoder", False):
-        base.loss_type = "ForCausalLM"
+    _set_causal_loss_type(model)
     return Trainer(
         model=model,
         args=args,

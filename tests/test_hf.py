@@ -101,9 +101,14 @@ def test_hub_probe_gives_up_after_its_timeout_and_counts_any_http_answer(monkeyp
         time.sleep(5)
 
     monkeypatch.setattr(urllib.request, "urlopen", hang)
+    monkeypatch.setattr(hf, "_unreachable_since", {})
     t0 = time.perf_counter()
     assert hf.hub_reachable(timeout=0.2) is False
     assert time.perf_counter() - t0 < 2
+    t0 = time.perf_counter()
+    assert hf.hub_reachable(timeout=0.2) is False  # remembered: the second call does not wait again
+    assert time.perf_counter() - t0 < 0.1
+    monkeypatch.setattr(hf, "_unreachable_since", {})
 
     def answers_405(*args, **kwargs):
         raise urllib.error.HTTPError("https://huggingface.co", 405, "Method Not Allowed", None, None)
