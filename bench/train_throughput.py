@@ -142,6 +142,8 @@ def main() -> None:
     flops_per_token = 6 * N + 12 * L * H * Q * T
 
     tps: dict[tuple, list[float]] = {c: [] for c in contenders}
+    # CPU seconds of this process: with --threads 1, barely moved by other programs' load (wall time is)
+    cpu_tps: dict[tuple, list[float]] = {c: [] for c in contenders}
     peaks: dict[str, list[float]] = {"fp32": [], "bf16": []}
     print(f"{len(contenders)} contenders, {rounds} rounds x {steps} steps (batch {BATCH} x block {T})", flush=True)
     for r in range(rounds):
@@ -154,11 +156,12 @@ def main() -> None:
             model, opt = state[c]
             for x, y in data[:warmup] if r == 0 else data[:2]:
                 step(impl, model, opt, x, y, dtypes[prec])
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for x, y in data[warmup:]:
                 step(impl, model, opt, x, y, dtypes[prec])
             dt = time.perf_counter() - t0
             tps[c].append(steps * BATCH * T / dt)
+            cpu_tps[c].append(steps * BATCH * T / (time.process_time() - c0))
         print(f"round {r + 1}/{rounds}: " + ", ".join(f"{c[0]}-{c[1]}{'-compiled' if c[2] else ''} "
                                                      f"{tps[c][-1]:,.0f}" for c in contenders), flush=True)
 
@@ -173,21 +176,24 @@ def main() -> None:
     for c in contenders:
         impl, prec, comp = c
         ratio = median([a / b for a, b in zip(tps[c], tps[base])])
+        cpu_ratio = median([a / b for a, b in zip(cpu_tps[c], cpu_tps[base])])
         peak = median(peaks[prec]) if peaks[prec] else float("nan")
         mfu = median(tps[c]) * flops_per_token / (peak * 1e9) if peak == peak else float("nan")
         mem = memory.get(c, {})
         name = ("minigpt" if impl == "minigpt" else "HF GPT2LMHeadModel") + (" + compile" if comp else "")
         rows.append([name, prec + (" autocast" if prec == "bf16" else ""), median(tps[c]), f"{ratio:.2f}x",
+                     median(cpu_tps[c]), f"{cpu_ratio:.2f}x",
                      f"{100 * mfu:.1f}%", mem.get("peak_rss_mib", float("nan")),
                      mem.get("training_mib", float("nan"))])
         results.append({"impl": impl, "precision": prec, "compiled": comp, "tokens_per_s": tps[c],
+                        "tokens_per_cpu_s": cpu_tps[c], "cpu_ratio_vs_hf_fp32": cpu_ratio,
                         "median_tokens_per_s": median(tps[c]), "ratio_vs_hf_fp32": ratio, "mfu": mfu, **mem})
     print()
     print(f"Training throughput, torch threads {torch.get_num_threads()}, nanoGPT CPU config ({L} layers, "
           f"{H} heads, width {CONFIG['n_embd']}, block {T}, batch {BATCH}, "
           f"{N:,} non-embedding params), {rounds} interleaved rounds x {steps} steps")
-    print(markdown_table(["model", "precision", "tokens/s", "vs HF fp32", "MFU", "peak RSS MiB", "training MiB"],
-                         rows))
+    print(markdown_table(["model", "precision", "tokens/s", "vs HF fp32", "tokens/CPU-s", "vs HF (CPU time)",
+                          "MFU", "peak RSS MiB", "training MiB"], rows))
     bf = f", bf16 {median(peaks['bf16']):,.0f}" if peaks["bf16"] else ""
     print(f"\nmatmul peak (1024^3, same run): fp32 {median(peaks['fp32']):,.0f} GFLOP/s{bf}; "
           f"FLOPs/token {flops_per_token:,}; machine: {machine_info()}")
