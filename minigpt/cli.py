@@ -447,7 +447,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if config.warmup_iters >= config.max_iters:
         config = dataclasses.replace(config, warmup_iters=config.max_iters // 10)
     get_batch = lm_batches(train_ids, val_ids, block_size, config.batch_size)
-    if config.max_time_s and args.max_iters is None and args.epochs is None and ckpt is None and not config.compile:
+    # (not under torchrun: ranks timing themselves could plan different step counts and deadlock)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if (config.max_time_s and args.max_iters is None and args.epochs is None and ckpt is None
+            and not config.compile and not distributed):
         config = _fit_to_budget(model, get_batch, config)
 
     n_params = sum(p.numel() for p in model.parameters())
