@@ -55,3 +55,20 @@ __all__ = [
     "make_toy_task", "toy_task_as_lm", "ToyTask", "get_device", "autocast_dtype", "autocast",
     "make_grad_scaler", "seed_everything", "check_device_parity", "describe_device",
 ]
+
+# Training and checkpoint names load on first use: notebooks that only study attention skip them.
+_LAZY = {
+    "Trainer": "train", "TrainConfig": "train", "train": "train", "History": "train",
+    "TrainingDiverged": "train", "lm_batches": "train",
+    "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "latest_checkpoint": "checkpoint",
+    "CheckpointError": "checkpoint",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return module if name == _LAZY[name] else getattr(module, name)
+    raise AttributeError(f"module 'minigpt' has no attribute {name!r}")
