@@ -58,7 +58,7 @@ __all__ = [
 
 # Training and checkpoint names load on first use: notebooks that only study attention skip them.
 _LAZY = {
-    "Trainer": "train", "TrainConfig": "train", "train": "train", "History": "train",
+    "Trainer": "train", "TrainConfig": "train", "History": "train",
     "TrainingDiverged": "train", "lm_batches": "train",
     "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "latest_checkpoint": "checkpoint",
     "CheckpointError": "checkpoint",
@@ -70,5 +70,5 @@ def __getattr__(name: str):
         import importlib
 
         module = importlib.import_module(f".{_LAZY[name]}", __name__)
-        return module if name == _LAZY[name] else getattr(module, name)
+        return getattr(module, name)
     raise AttributeError(f"module 'minigpt' has no attribute {name!r}")
