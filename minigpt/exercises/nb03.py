@@ -84,13 +84,15 @@ def check_permutation_test(fn) -> None:
     """fn(layer, x (1, T, C)) -> True when permuting the tokens just permutes the layer's output."""
     from ..attention import MultiHeadAttention
 
-    torch.manual_seed(32)
     C, T = 16, 6
-    x = torch.randn(1, T, C)
-    attn = MultiHeadAttention(C, 2)
+    with torch.random.fork_rng(devices=[]):  # leave the notebook's random stream untouched
+        torch.manual_seed(32)
+        x = torch.randn(1, T, C)
+        attn = MultiHeadAttention(C, 2)
+        linear = nn.Linear(C, C)
     cases = [
         ("self-attention without positions", lambda t: attn(t)[0], True),
-        ("a per-token Linear layer", nn.Linear(C, C), True),
+        ("a per-token Linear layer", linear, True),
         ("self-attention after adding sinusoidal positions", _AddPositions(lambda t: attn(t)[0], C), False),
         ("causal self-attention", lambda t: attn(t, causal=True)[0], False),
         ("a running sum over earlier tokens (cumsum)", lambda t: t.cumsum(dim=1), False),
