@@ -390,7 +390,8 @@ def _fit_to_budget(model: Any, get_batch: Any, config: Any) -> Any:
     sps = _steps_per_second(model, get_batch, config)
     eval_cost = 2 * config.eval_iters / 3  # in steps, per evaluation
     per_step = 1 + (eval_cost / config.eval_interval if config.eval_interval else 0)
-    budget_steps = (config.max_time_s * sps - (eval_cost if config.eval_interval else 0)) / per_step
+    # the trainer also evaluates before the first step and after the last one
+    budget_steps = (config.max_time_s * sps - (2 * eval_cost if config.eval_interval else 0)) / per_step
     n = max(10, int(0.95 * budget_steps))
     _say(f"schedule: {sps:.1f} steps/s measured, so {n} steps fit the {config.max_time_s:g} s budget "
          "(pass --max-iters to choose yourself)")
