@@ -115,6 +115,9 @@ def hf_config_from(config: GPTConfig) -> Any:
         embd_pdrop=config.dropout,
         attn_pdrop=config.dropout,
         tie_word_embeddings=config.tie_weights,
+        # GPT-2's <|endoftext|> id (50256) does not exist in a small vocabulary
+        bos_token_id=50256 if config.vocab_size > 50256 else None,
+        eos_token_id=50256 if config.vocab_size > 50256 else None,
     )
 
 

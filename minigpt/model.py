@@ -152,7 +152,7 @@ class GPT(nn.Module):
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters, tied weights counted once; ``non_embedding`` leaves out the position table."""
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding and isinstance(self.transformer.get("wpe"), LearnedPositionalEmbedding):
+        if non_embedding and "wpe" in self.transformer and isinstance(self.transformer["wpe"], LearnedPositionalEmbedding):
             n -= self.transformer.wpe.weight.numel()
         return n
 

@@ -152,3 +152,9 @@ def test_seq2seq_transformer_is_causal_and_ignores_source_padding():
     _, attn = model.forward_with_attention(src, tgt)
     assert (attn["cross"][0][..., 4:] == 0).all()  # no attention to padding
     assert model.greedy_decode(src, 4, bos_id=1).shape == (1, 4)
+
+
+def test_non_embedding_count_leaves_out_the_position_table():
+    model = GPT(tiny())
+    assert model.num_params() - model.num_params(non_embedding=True) == 16 * 32
+    assert GPT(tiny(position="rope")).num_params(non_embedding=True) == GPT(tiny(position="rope")).num_params()
