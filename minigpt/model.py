@@ -152,8 +152,9 @@ class GPT(nn.Module):
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters, tied weights counted once; ``non_embedding`` leaves out the position table."""
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding and "wpe" in self.transformer and isinstance(self.transformer["wpe"], LearnedPositionalEmbedding):
-            n -= self.transformer.wpe.weight.numel()
+        wpe = self.transformer["wpe"] if "wpe" in self.transformer else None
+        if non_embedding and isinstance(wpe, LearnedPositionalEmbedding):
+            n -= wpe.weight.numel()
         return n
 
     def new_kv_cache(self, batch_size: int, device=None, dtype=None) -> KVCache:
