@@ -9,7 +9,7 @@ import torch
 from minigpt.exercises import ExerciseFailed
 from minigpt.exercises.nb02 import (
     check_attention_params,
-    check_kv_cache_bytes,
+    check_gqa_cache_bytes,
     check_merge_heads,
     check_multi_head_attention,
     check_split_heads,
@@ -133,7 +133,7 @@ CASES = [
     (check_split_heads, split_ref, SPLIT_MUTANTS),
     (check_merge_heads, merge_ref, MERGE_MUTANTS),
     (check_attention_params, params_ref, PARAMS_MUTANTS),
-    (check_kv_cache_bytes, kv_ref, KV_MUTANTS),
+    (check_gqa_cache_bytes, kv_ref, KV_MUTANTS),
     (check_multi_head_attention, mha_ref, MHA_MUTANTS),
     (check_train_with_heads, train_ref, TRAIN_MUTANTS),
 ]
@@ -165,7 +165,7 @@ def test_messages_speak_in_teaching_terms():
     with pytest.raises(ExerciseFailed, match="output projection"):
         check_attention_params(PARAMS_MUTANTS["no output projection"])
     with pytest.raises(ExerciseFailed, match="keys AND values"):
-        check_kv_cache_bytes(KV_MUTANTS["keys only"])
+        check_gqa_cache_bytes(KV_MUTANTS["keys only"])
     with pytest.raises(ExerciseFailed, match="causal mask"):
         check_multi_head_attention(MHA_MUTANTS["no causal mask"])
     with pytest.raises(ExerciseFailed, match="ONE head"):

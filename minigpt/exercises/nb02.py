@@ -17,7 +17,7 @@ __all__ = [
     "check_split_heads",
     "check_merge_heads",
     "check_attention_params",
-    "check_kv_cache_bytes",
+    "check_gqa_cache_bytes",
     "check_multi_head_attention",
     "check_train_with_heads",
 ]
@@ -143,7 +143,7 @@ def check_attention_params(fn) -> None:
 
 
 @checker("02.4 KV cache size")
-def check_kv_cache_bytes(fn) -> None:
+def check_gqa_cache_bytes(fn) -> None:
     """fn(config: GPTConfig, batch_size, bytes_per_value=4) -> bytes of a full KV cache."""
     from ..model import GPTConfig
 
