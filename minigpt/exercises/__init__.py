@@ -15,5 +15,7 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     if _info.name.startswith("nb"):
         _module = importlib.import_module(f"{__name__}.{_info.name}")
         for _name in getattr(_module, "__all__", []):
+            if _name in globals():  # two notebooks must not silently shadow each other's checkers
+                raise ImportError(f"checker name {_name!r} in {_info.name} is already defined elsewhere")
             globals()[_name] = getattr(_module, _name)
             __all__.append(_name)

@@ -44,6 +44,9 @@ class CheckResult:
     def __bool__(self) -> bool:
         return self.passed
 
+    def __repr__(self) -> str:  # a bare checker call in a notebook echoes this under its message
+        return f"<{self.exercise}: {self.status}>"
+
 
 def expect(condition: bool, message: str) -> None:
     """Fail the exercise with ``message`` unless ``condition`` holds."""
