@@ -93,6 +93,10 @@ def test_matches_peft_after_copying_A_and_B():
     theirs = peft.get_peft_model(tiny_gpt(), peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
                                                               target_modules=["c_attn"]))
     assert count_trainable(ours) == tuple(theirs.get_nb_trainable_parameters())
+    idx = torch.randint(0, CFG.vocab_size, (2, 12))
+    base_logits = tiny_gpt()(idx)[0]
+    torch.testing.assert_close(ours(idx)[0], base_logits)  # B = 0 at init: both start at the base model
+    torch.testing.assert_close(theirs(idx)[0], base_logits)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for i in range(CFG.n_layer):
@@ -104,7 +108,6 @@ def test_matches_peft_after_copying_A_and_B():
             mine.lora_B.copy_(B)
             peft_layer.lora_A["default"].weight.copy_(A)
             peft_layer.lora_B["default"].weight.copy_(B)
-    idx = torch.randint(0, CFG.vocab_size, (2, 12))
     a, _ = ours(idx)
     b, _ = theirs(idx)  # peft passes a custom model's (logits, loss) through
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
