@@ -19,6 +19,7 @@ __all__ = [
     "filter_top_p",
     "apply_repetition_penalty",
     "sample_next",
+    "NextTokenLogits",
     "stream",
     "generate",
     "beam_search",
@@ -92,7 +93,7 @@ def sample_next(
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
-class _NextLogits:
+class NextTokenLogits:
     """Next-token logits for a growing context, reusing a KV cache while the context fits the block."""
 
     def __init__(self, model, use_cache: bool) -> None:
@@ -174,7 +175,7 @@ def stream(
     stops = _normalise_stops(stop_ids)
     was_training = model.training
     model.eval()
-    next_logits = _NextLogits(model, use_cache)
+    next_logits = NextTokenLogits(model, use_cache)
     done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
     n_new = None
     try:
@@ -230,7 +231,7 @@ def beam_search(
         raise ValueError(f"beam_width must be an integer >= 1, got {beam_width!r}")
     was_training = model.training
     model.eval()
-    next_logits = _NextLogits(model, use_cache)
+    next_logits = NextTokenLogits(model, use_cache)
     beams = idx  # (W, T)
     scores = torch.zeros(1, device=idx.device)
     finished: list[tuple[float, torch.Tensor]] = []

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from minigpt.generation import _NextLogits, sample_next
+from minigpt.generation import NextTokenLogits, sample_next
 
 from .cache import LRUCache
 from .metrics import ServeMetrics
@@ -279,7 +279,7 @@ class BatchingEngine:
         self.active = len(rows)
         self.metrics.active.set(self.active)
         idx = torch.tensor([j.ids for j in rows], dtype=torch.long, device=self.device)  # (B, T)
-        next_logits = _NextLogits(self.model, use_cache=True)
+        next_logits = NextTokenLogits(self.model, use_cache=True)
         n_new = None
         while rows:
             if self._stopping:  # shutting down: tell the clients instead of leaving them hanging
