@@ -46,9 +46,11 @@ _NANOGPT = dict(lr=1e-3, min_lr=1e-4, beta2=0.99, warmup_iters=100, weight_decay
 TRAIN_PRESETS: dict[str, TrainPreset] = {
     "shakespeare-cpu": TrainPreset(
         model="shakespeare-cpu",
-        train=dict(_NANOGPT, lr=2e-3, min_lr=2e-4, batch_size=16, max_iters=3000, warmup_iters=100,
+        # lr 3e-3 (3x nanoGPT's) with a short warmup: a 0.8M-parameter model tolerates it and learns
+        # faster; 5000 steps of 16 x 128 tokens is about 10 minutes on 2 cores (--max-time plans it).
+        train=dict(_NANOGPT, lr=3e-3, min_lr=3e-4, batch_size=16, max_iters=5000, warmup_iters=50,
                    eval_interval=250, eval_iters=20, dtype="auto"),
-        description="default; 4 layers, width 192, block 128, sized for a 2-core laptop CPU",
+        description="default; 4 layers, width 128, block 128, sized for a 2-core laptop CPU",
     ),
     "nanogpt-cpu": TrainPreset(
         model="nanogpt-cpu",
