@@ -176,6 +176,8 @@ class GPT(nn.Module):
                 f"sequence length {offset + T} exceeds block_size={self.config.block_size}; "
                 "crop the input to the last block_size tokens (generate() does this for you)"
             )
+        if torch.compiler.is_compiling():  # the value check below would break the compiled graph
+            return
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
             raise ValueError(
                 f"token ids must be in [0, {self.config.vocab_size}); got min {int(idx.min())}, "
