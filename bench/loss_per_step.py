@@ -12,22 +12,11 @@ this process (one torch thread). Multiply steps by an idle machine's seconds per
 from __future__ import annotations
 
 import argparse
-import ast
 import time
 
 import torch
 from _common import markdown_table, shakespeare_ids, write_json
-
-
-def _kv(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
+from time_to_loss import _parse_kv as _kv  # FIELD=VALUE flags, parsed the same way
 
 
 def main() -> None:
