@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from _exercise_cases import checker_tests, stub  # noqa: F401
 
 from minigpt.exercises import ExerciseFailed
 from minigpt.exercises.nb08 import (
@@ -10,10 +11,6 @@ from minigpt.exercises.nb08 import (
     check_rollout,
     check_row_entropy,
 )
-
-
-def stub(*args, **kwargs):
-    raise NotImplementedError("HINT")
 
 
 # ---- 08.1 row entropy
@@ -95,25 +92,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("check, ref, _", CASES, ids=lambda x: getattr(x, "__name__", ""))
-def test_reference_passes(check, ref, _):
-    assert check(ref).status == "passed"
-
-
-@pytest.mark.parametrize(
-    "check, name, mutant",
-    [(c, n, m) for c, _, mutants in CASES for n, m in mutants.items()],
-    ids=lambda x: x if isinstance(x, str) else "",
-)
-def test_mutants_fail(check, name, mutant):
-    with pytest.raises(ExerciseFailed):
-        check(mutant)
-
-
-@pytest.mark.parametrize("check", [c for c, _, _ in CASES], ids=lambda c: c.__name__)
-def test_stub_is_not_done(check):
-    result = check(stub)
-    assert result.status == "not done" and not result
+test_reference_passes, test_mutant_fails, test_stub_not_done = checker_tests(CASES)
 
 
 def test_messages_name_the_mistake():
