@@ -188,6 +188,14 @@ class KVCache:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
 
+def _rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """RoPE on (B, T, heads, hs): the (T, hs/2) tables broadcast over the heads."""
+    from .positional import apply_rotary
+
+    cos, sin = rope
+    return apply_rotary(x, cos.unsqueeze(1), sin.unsqueeze(1))
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with optional grouped-query heads, RoPE, causal masking and a KV cache.
 
@@ -228,20 +236,27 @@ class MultiHeadAttention(nn.Module):
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
 
-    def _project(self, x: torch.Tensor, context: torch.Tensor | None):
+    def _project(self, x: torch.Tensor, context: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor] | None):
         B, T, C = x.shape
         hs, nh, nkv = self.head_size, self.n_head, self.n_kv_head
         if self.cross:
             if context is None:
                 raise ValueError("cross-attention needs a context (the encoder output)")
             S = context.size(1)
-            q = self.q_proj(x)
+            q = self.q_proj(x).view(B, T, nh, hs)
             k, v = self.kv_proj(context).split(nkv * hs, dim=2)
+            k = k.view(B, S, nkv, hs)
+            if rope is not None:
+                q, k = _rotate(q, rope), _rotate(k, rope)
         else:
             S = T
-            q, k, v = self.c_attn(x).split([C, nkv * hs, nkv * hs], dim=2)
-        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, S, nkv, hs).transpose(1, 2)  # (B, nkv, S, hs)
+            qk, v = self.c_attn(x).split([C + nkv * hs, nkv * hs], dim=2)
+            qk = qk.view(B, T, nh + nkv, hs)  # queries and keys side by side: rotated in one pass
+            if rope is not None:
+                qk = _rotate(qk, rope)
+            q, k = qk.split([nh, nkv], dim=2)
+        q = q.transpose(1, 2)  # (B, nh, T, hs)
+        k = k.transpose(1, 2)  # (B, nkv, S, hs)
         v = v.view(B, S, nkv, hs).transpose(1, 2)  # (B, nkv, S, hs)
         return q, k, v
 
@@ -263,12 +278,7 @@ class MultiHeadAttention(nn.Module):
         and values to layer ``layer``'s cache and attends over everything cached so far.
         """
         B, T, C = x.shape
-        q, k, v = self._project(x, context)
-        if rope is not None:
-            from .positional import apply_rotary
-
-            cos, sin = rope
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = self._project(x, context, rope)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # (B, nkv, S, hs) with S = pos + T
         if self.n_kv_head != self.n_head:

@@ -172,6 +172,8 @@ def _add_train_parser(sub: Any) -> None:
                    "or hidden width (mlp)")
     g.add_argument("--context", type=_positive_int, help="tokens the mlp baseline reads (default 8)")
     g.add_argument("--dropout", type=_fraction, help="dropout probability in [0, 1)")
+    g.add_argument("--position", choices=["learned", "rope", "sinusoidal", "none"],
+                   help="positional encoding of the transformer (shakespeare-cpu: rope)")
     g.add_argument("--tokenizer", default="char", choices=["char", "bpe"],
                    help="char (one id per character, default) or byte-level BPE")
     g.add_argument("--vocab-size", type=_positive_int, default=512, help="BPE vocabulary size (default 512)")
@@ -185,6 +187,8 @@ def _add_train_parser(sub: Any) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--batch-size", type=_positive_int, help="sequences per step")
     g.add_argument("--lr", type=_positive_float, help="peak learning rate")
+    g.add_argument("--optimizer", choices=["adamw", "muon"],
+                   help="adamw, or muon (Muon for hidden matrices, AdamW for the rest; shakespeare-cpu's choice)")
     g.add_argument("--min-lr", type=float, help="final learning rate of the decay (default lr/10)")
     g.add_argument("--max-iters", type=_positive_int, help="optimizer steps")
     g.add_argument("--epochs", type=_positive_float,
@@ -306,14 +310,15 @@ def _load_text(data_file: str | None) -> tuple[str, str]:
 def _build_model(args: argparse.Namespace, preset: Any, vocab_size: int) -> tuple[Any, int]:
     """The model the flags describe, and the block size to train on."""
     if args.model_type == "transformer":
-        overrides = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "d_ff", "dropout")
-                     if getattr(args, k) is not None}
+        overrides = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "d_ff", "dropout",
+                                                   "position") if getattr(args, k) is not None}
         from .model import GPT
 
         config = preset.model_config(vocab_size=vocab_size, **overrides)
         return GPT(config), config.block_size
     block = args.block_size or preset.model_config().block_size
-    ignored = [f"--{k.replace('_', '-')}" for k in ("n_layer", "n_head", "dropout") if getattr(args, k) is not None]
+    ignored = [f"--{k.replace('_', '-')}" for k in ("n_layer", "n_head", "dropout", "position")
+               if getattr(args, k) is not None]
     if ignored:
         _say(f"note: {', '.join(ignored)} do not apply to --model-type {args.model_type}; ignored")
     if args.model_type == "bigram":
@@ -334,7 +339,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
              "warmup_iters": "warmup_iters", "schedule": "schedule", "weight_decay": "weight_decay",
              "grad_clip": "grad_clip", "grad_accum": "grad_accum", "eval_interval": "eval_interval",
              "eval_iters": "eval_iters", "patience": "early_stopping_patience", "seed": "seed",
-             "dtype": "dtype", "max_time": "max_time_s"}
+             "dtype": "dtype", "max_time": "max_time_s", "optimizer": "optimizer"}
     out = {field_name: getattr(args, flag) for flag, field_name in names.items() if getattr(args, flag) is not None}
     out.update(out_dir=args.out_dir, device=args.device, progress=not args.quiet)
     if args.compile:
@@ -430,6 +435,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CLIError(f"--block-size {args.block_size} differs from the checkpoint's {block_size}")
         if args.batch_size is None and info.train_config:
             overrides["batch_size"] = info.train_config.get("batch_size", preset.train_config().batch_size)
+        if args.optimizer is None and info.train_config:  # optimizer state only loads into its own kind
+            overrides["optimizer"] = info.train_config.get("optimizer", "adamw")
     else:
         if args.resume:
             _say(f"no checkpoint in {args.out_dir}; starting a new run")

@@ -83,6 +83,7 @@ log = logging.getLogger(__name__)
 
 GetBatch = Callable[[str, torch.Generator], Sequence[torch.Tensor]]
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+OPTIMIZERS = ("adamw", "muon")
 STATUSES = ("running", "completed", "time_limit", "early_stopped", "stopped", "interrupted", "diverged")
 COLUMNS = ("step", "event", "train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_seen",
            "elapsed", "tokens_per_s")
@@ -117,6 +118,8 @@ class TrainConfig:
     max_time_s: float | None = None  # wall-clock budget in seconds (resumed runs count earlier time)
     progress: bool = True  # tqdm progress bar and one line per evaluation (rank 0)
     fused: bool | None = None  # fused AdamW kernel; None = on CUDA and CPU (not MPS)
+    optimizer: str = "adamw"  # "adamw", or "muon": Muon for hidden matrices + AdamW for the rest (minigpt.optim)
+    muon_momentum: float = 0.95  # Muon's momentum (optimizer="muon" only)
 
     def __post_init__(self) -> None:
         positive = ("max_iters", "batch_size", "grad_accum", "log_interval")
@@ -136,6 +139,10 @@ class TrainConfig:
             raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not 0 <= self.muon_momentum < 1:
+            raise ValueError(f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.grad_clip < 0 or self.weight_decay < 0:
@@ -344,10 +351,20 @@ def cleanup_distributed(info: DistInfo) -> None:
 # ---------------------------------------------------------------------------- pieces
 
 
-def configure_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def configure_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> Any:
     """AdamW with weight decay on tensors of dim >= 2 (matmul weights, embeddings) and none on biases
-    and norm gains, as in nanoGPT: decaying a gain or bias toward 0 only fights the normalisation."""
-    params = [p for p in model.parameters() if p.requires_grad]  # parameters() yields a tied one once
+    and norm gains, as in nanoGPT: decaying a gain or bias toward 0 only fights the normalisation.
+
+    With ``config.optimizer == "muon"`` the hidden weight matrices go to Muon instead and the rest
+    stays with AdamW, in one :class:`minigpt.optim.MuonAdamW` (a model without hidden matrices,
+    such as the bigram baseline, gets plain AdamW).
+    """
+    from .optim import Muon, MuonAdamW, split_muon_params
+
+    if config.optimizer == "muon":
+        matrices, params = split_muon_params(model)
+    else:
+        matrices, params = [], [p for p in model.parameters() if p.requires_grad]  # a tied one once
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay},
@@ -356,7 +373,11 @@ def configure_optimizer(model: nn.Module, config: TrainConfig, device: torch.dev
     # 2-core CPU it halves the optimizer's share of a step against the default foreach version
     fused = config.fused if config.fused is not None else device.type in ("cuda", "cpu")
     kwargs = {"fused": True} if fused else {}
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), **kwargs)
+    adamw = torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), **kwargs)
+    if not matrices:
+        return adamw
+    muon = Muon(matrices, lr=config.lr, momentum=config.muon_momentum, weight_decay=config.weight_decay)
+    return MuonAdamW(adamw, muon)
 
 
 def lm_batches(
@@ -626,8 +647,14 @@ class Trainer:
         self.history.to_json(self.out_dir / "history.json")
 
     def _load(self, path: Path) -> None:
-        load_checkpoint(path, device=self.device, model=self.model)
+        _, info = load_checkpoint(path, device=self.device, model=self.model)
         state = load_train_state(path)
+        saved = (info.train_config or {}).get("optimizer", "adamw")
+        if saved != self.config.optimizer:
+            raise ValueError(
+                f"{path} was trained with optimizer={saved!r} but this run uses optimizer="
+                f"{self.config.optimizer!r}; resume with optimizer={saved!r} (CLI: --optimizer {saved})"
+            )
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
@@ -655,7 +682,7 @@ class Trainer:
         cfg = self.config
         lr = cfg.lr_at(self.step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         loss_sum = torch.zeros((), device=self.device)
         tokens = 0
         for micro in range(cfg.grad_accum):

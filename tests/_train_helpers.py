@@ -1,7 +1,7 @@
 """Shared pieces for the trainer, checkpoint and distributed tests.
 
 Also a script, so tests can train in a fresh process or under torchrun:
-    python tests/_train_helpers.py run OUT_DIR MAX_ITERS [--resume]
+    python tests/_train_helpers.py run OUT_DIR MAX_ITERS [--resume] [--muon]
     torchrun --nproc_per_node=2 tests/_train_helpers.py ddp OUT_DIR STEPS
 """
 
@@ -118,12 +118,12 @@ def param_checksum(model: nn.Module) -> float:
 # ---------------------------------------------------------------------------- script modes
 
 
-def _run(out_dir: str, max_iters: int, resume: bool) -> None:
+def _run(out_dir: str, max_iters: int, resume: bool, optimizer: str = "adamw") -> None:
     """Tiny GPT with dropout (so the torch RNG state matters), checkpoint every 3 steps."""
     torch.set_num_threads(1)
     model = tiny_gpt(seed=0, dropout=0.1)
     cfg = quiet(max_iters=max_iters, lr_decay_iters=12, eval_interval=4, checkpoint_interval=3,
-                out_dir=out_dir)
+                out_dir=out_dir, optimizer=optimizer)
     Trainer(model, lm_data(), cfg, resume=resume).fit()
 
 
@@ -186,7 +186,7 @@ def _ddp(out_dir: str, steps: int) -> None:
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
     if mode == "run":
-        _run(args[0], int(args[1]), "--resume" in args)
+        _run(args[0], int(args[1]), "--resume" in args, "muon" if "--muon" in args else "adamw")
     elif mode == "ddp":
         _ddp(args[0], int(args[1]))
     else:

@@ -285,13 +285,15 @@ def _step_losses(history_rows):
     return {r["step"]: r["train_loss"] for r in history_rows if r["event"] == "step"}
 
 
-def test_resume_in_a_fresh_process_is_exact(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_in_a_fresh_process_is_exact(tmp_path, optimizer):
     """N=12 steps straight vs 6 steps here + resume in a new Python process for the rest."""
     from _train_helpers import _run
 
-    _run(str(tmp_path / "straight"), 12, resume=False)  # both in-process runs use 1 thread, as the
-    _run(str(tmp_path / "split"), 6, resume=False)  # subprocess does, so the arithmetic is identical
-    proc = subprocess.run([sys.executable, str(HELPER), "run", str(tmp_path / "split"), "12", "--resume"],
+    _run(str(tmp_path / "straight"), 12, False, optimizer)  # both in-process runs use 1 thread, as the
+    _run(str(tmp_path / "split"), 6, False, optimizer)  # subprocess does, so the arithmetic is identical
+    flags = ["--resume"] + (["--muon"] if optimizer == "muon" else [])
+    proc = subprocess.run([sys.executable, str(HELPER), "run", str(tmp_path / "split"), "12", *flags],
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     straight = json.loads((tmp_path / "straight" / "history.json").read_text())["rows"]
