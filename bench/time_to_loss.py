@@ -1,20 +1,22 @@
 """Wall time to a validation loss, and the best loss within a time budget, on tiny Shakespeare.
 
-Two measurements, both through the library's Trainer (the code `minigpt train` runs):
+Everything trains through the library's Trainer, the code `minigpt train` runs.
 
-1. target: each preset trains until an evaluation shows val loss <= --target (1.88 by default,
-   nanoGPT's CPU recipe ends near 1.886) or until --max-time. Presets alternate run by run
-   (A, B, A, B ...) and the speedup is the median of per-repeat time ratios against nanogpt-cpu.
-   Wall time includes the evaluations (every --eval-interval steps, same for every preset).
-2. budget: the shakespeare-cpu preset with max_time_s = 300 and 600 s; reports the best val loss.
-   A cosine schedule only helps if it finishes inside the budget, so by default max_iters is
-   fitted to the budget from the steps/s measured in a short calibration run (--no-fit keeps the
-   preset's max_iters).
+1. target: nanoGPT's CPU recipe (`nanogpt-cpu`: 2000 iterations, evaluations every 250 as in its
+   config) runs once per repeat; its wall time is "the recipe time". `shakespeare-cpu` then runs
+   as `minigpt train --max-time B` does -- the schedule fitted to a budget of B seconds from the
+   speed measured on the spot -- for B in --budgets-target, shortest first, until a run's
+   evaluation shows val loss <= --target (1.88 by default; nanoGPT's recipe ends near 1.886).
+   Its time to target is the wall time at that evaluation, counting the speed measurement.
+   The two alternate repeat by repeat (A, B, B, A ...); the ratio is the median of per-repeat
+   ratios (time to target / recipe time).
+2. budget: `shakespeare-cpu` with max_time_s = 300 and 600 s (schedule fitted likewise); the
+   best val loss reached.
 
-    python bench/time_to_loss.py --mode target            # a few minutes per repeat
+    python bench/time_to_loss.py --mode target            # ~2.5 minutes per repeat
     python bench/time_to_loss.py --mode budget            # 5 + 10 minutes
-    python bench/time_to_loss.py --quick                  # smoke run (~1-2 minutes)
-    python bench/time_to_loss.py --preset-arg lr=3e-3     # try a change to shakespeare-cpu
+    python bench/time_to_loss.py --quick                  # smoke run (~1 minute)
+    python bench/time_to_loss.py --preset-arg lr=1e-2     # try a change to shakespeare-cpu
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 from _common import machine_info, markdown_table, median, set_threads, shakespeare_ids, write_json
 
 BASELINE = "nanogpt-cpu"
+CANDIDATE = "shakespeare-cpu"
 
 
 def setup(preset_name: str, overrides: dict[str, Any], model_overrides: dict[str, Any], data) -> tuple:
@@ -45,57 +48,45 @@ def setup(preset_name: str, overrides: dict[str, Any], model_overrides: dict[str
     return model, lm_batches(train, val, mcfg.block_size, tcfg.batch_size), tcfg, mcfg
 
 
-def calibrate(preset_name: str, data, model_overrides: dict[str, Any], steps: int = 30) -> float:
-    """Optimizer steps per second of a preset on this machine right now (after 5 warm-up steps)."""
-    from minigpt.train import Trainer
+def run(preset_name: str, data, target: float, overrides: dict[str, Any], model_overrides: dict[str, Any],
+        budget: float | None = None, stop_at_target: bool = False) -> dict[str, Any]:
+    """One training run; with `budget`, planned like `minigpt train --max-time budget`."""
+    from minigpt.train import Trainer, fit_to_budget
 
-    model, get_batch, tcfg, _ = setup(preset_name, {"eval_interval": 0}, model_overrides, data)
-    trainer = Trainer(model, get_batch, dataclasses.replace(tcfg, max_iters=5))
-    trainer.fit()
-    trainer.config = dataclasses.replace(tcfg, max_iters=5 + steps)
     t0 = time.perf_counter()
-    trainer.fit()
-    return steps / (time.perf_counter() - t0)
-
-
-def run_to_target(preset_name: str, data, target: float, max_time: float, overrides: dict[str, Any],
-                  model_overrides: dict[str, Any]) -> dict[str, Any]:
-    from minigpt.train import Trainer
-
-    model, get_batch, tcfg, mcfg = setup(preset_name, {"max_time_s": max_time, **overrides}, model_overrides, data)
+    model, get_batch, tcfg, mcfg = setup(preset_name, overrides, model_overrides, data)
+    if budget is not None:
+        tcfg, _ = fit_to_budget(model, get_batch, dataclasses.replace(tcfg, max_time_s=budget))
+    planning = time.perf_counter() - t0  # measuring the speed is part of a timed run's cost
     hit: dict[str, Any] = {}
 
     def on_event(ev) -> bool:
-        if ev.kind == "eval" and ev.metrics["val_loss"] is not None and ev.metrics["val_loss"] <= target and not hit:
-            hit.update(step=ev.step, elapsed=ev.metrics["elapsed"], val_loss=ev.metrics["val_loss"])
-            return True
-        return False
+        if ev.kind == "eval" and not hit and ev.metrics["val_loss"] <= target:
+            hit.update(step=ev.step, time_s=planning + ev.metrics["elapsed"], val_loss=ev.metrics["val_loss"])
+        return bool(hit) and stop_at_target  # a sweep run has answered its question
 
     history = Trainer(model, get_batch, tcfg, callback=on_event).fit()
-    return {"preset": preset_name, "reached": bool(hit), "time_s": hit.get("elapsed"), "step": hit.get("step"),
-            "val_loss": hit.get("val_loss", history.last_val_loss), "best_val_loss": history.best_val_loss,
-            "steps_done": history.evals[-1]["step"] if history.evals else 0,
-            "elapsed_total": history.rows[-1]["elapsed"], "tokens_per_step": tcfg.batch_size * mcfg.block_size,
+    return {"preset": preset_name, "budget_s": budget, "max_iters": tcfg.max_iters, "reached": bool(hit),
+            "time_s": hit.get("time_s"), "step": hit.get("step"), "val_loss_at_target": hit.get("val_loss"),
+            "best_val_loss": history.best_val_loss,
+            "last_val_loss": history.last_val_loss, "steps_done": history.rows[-1]["step"],
+            "wall_s": planning + history.rows[-1]["elapsed"], "tokens_per_step": tcfg.batch_size * mcfg.block_size,
             "params": sum(p.numel() for p in model.parameters()), "train_config": tcfg.to_dict()}
 
 
-def run_budget(preset_name: str, data, budget: float, fit: bool, overrides: dict[str, Any],
-               model_overrides: dict[str, Any]) -> dict[str, Any]:
-    from minigpt.train import Trainer
-
-    extra: dict[str, Any] = {}
-    if fit and "max_iters" not in overrides:
-        sps = calibrate(preset_name, data, model_overrides)
-        # evaluations cost ~5% at the presets' intervals; aim to finish the decay just inside the budget
-        extra["max_iters"] = max(50, int(budget * sps * 0.93))
-        extra["lr_decay_iters"] = None
-    model, get_batch, tcfg, _ = setup(preset_name, {"max_time_s": budget, **extra, **overrides}, model_overrides,
-                                      data)
-    history = Trainer(model, get_batch, tcfg).fit()
-    return {"preset": preset_name, "budget_s": budget, "max_iters": tcfg.max_iters,
-            "steps_done": history.rows[-1]["step"], "best_val_loss": history.best_val_loss,
-            "last_val_loss": history.last_val_loss, "status": history.status,
-            "elapsed": history.rows[-1]["elapsed"], "train_config": tcfg.to_dict()}
+def sweep(data, target: float, budgets: list[float], overrides: dict[str, Any],
+          model_overrides: dict[str, Any]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Budget-fitted runs of the candidate, shortest budget first, until one reaches the target."""
+    runs = []
+    for b in sorted(budgets):
+        res = run(CANDIDATE, data, target, overrides, model_overrides, budget=b, stop_at_target=True)
+        runs.append(res)
+        got = f"{res['time_s']:.1f} s (step {res['step']})" if res["reached"] else "not reached"
+        print(f"  {CANDIDATE} --max-time {b:g}: {res['max_iters']} steps, last val loss {res['last_val_loss']:.3f}, "
+              f"val loss <= {target}: {got}", flush=True)
+        if res["reached"]:
+            return res, runs
+    return None, runs
 
 
 def _parse_kv(items: list[str]) -> dict[str, Any]:
@@ -111,74 +102,74 @@ def _parse_kv(items: list[str]) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="loose target, short budgets: checks the script works")
+    ap.add_argument("--quick", action="store_true", help="loose target, short runs: checks the script works")
     ap.add_argument("--mode", choices=["target", "budget", "all"], default="all")
     ap.add_argument("--target", type=float, default=None, help="val loss to reach (default 1.88; quick 2.5)")
-    ap.add_argument("--max-time", type=float, default=None, help="cap per target run in s (default 600; quick 40)")
+    ap.add_argument("--budgets-target", type=float, nargs="+", default=None,
+                    help="--max-time budgets tried for shakespeare-cpu in target mode (default 20 25 30 40 60 90)")
     ap.add_argument("--budgets", type=float, nargs="+", default=None, help="budget runs in s (default 300 600)")
-    ap.add_argument("--repeats", type=int, default=None, help="target runs per preset (default 3; quick 1)")
-    ap.add_argument("--presets", nargs="+", default=["shakespeare-cpu", BASELINE])
-    ap.add_argument("--eval-interval", type=int, default=100, help="steps between evaluations in target runs")
+    ap.add_argument("--repeats", type=int, default=None, help="target repeats (default 3; quick 1)")
     ap.add_argument("--preset-arg", nargs="*", default=[], metavar="FIELD=VALUE",
-                    help="TrainConfig overrides for the non-baseline presets, e.g. lr=3e-3 batch_size=32")
+                    help="TrainConfig overrides for shakespeare-cpu, e.g. lr=1e-2 batch_size=12")
     ap.add_argument("--model-arg", nargs="*", default=[], metavar="FIELD=VALUE",
-                    help="GPTConfig overrides for the non-baseline presets, e.g. n_embd=256 block_size=64")
-    ap.add_argument("--no-fit", action="store_true", help="budget runs keep the preset's max_iters")
+                    help="GPTConfig overrides for shakespeare-cpu, e.g. n_embd=192 position=learned")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared machine)")
     args = ap.parse_args()
     set_threads(args.threads)
     target = args.target or (2.5 if args.quick else 1.88)
-    max_time = args.max_time or (40.0 if args.quick else 600.0)
-    budgets = args.budgets or ([30.0] if args.quick else [300.0, 600.0])
+    targets_b = args.budgets_target or ([5.0, 10.0] if args.quick else [20.0, 25.0, 30.0, 40.0, 60.0, 90.0])
+    budgets = args.budgets or ([15.0] if args.quick else [300.0, 600.0])
     repeats = args.repeats or (1 if args.quick else 3)
     overrides, model_overrides = _parse_kv(args.preset_arg), _parse_kv(args.model_arg)
-    common = {"eval_iters": 5} if args.quick else {}  # quick: cheap evaluations, for every preset alike
-
-    def ov(name: str) -> tuple[dict, dict]:
-        return (dict(common), {}) if name == BASELINE else ({**common, **overrides}, model_overrides)
+    base_ov = {"max_iters": 200, "lr_decay_iters": 200, "eval_interval": 50, "eval_iters": 5} if args.quick else {}
+    if args.quick:
+        overrides = {"eval_iters": 5, **overrides}
 
     data = shakespeare_ids()
     payload: dict[str, Any] = {"target": target, "machine": machine_info(), "overrides": overrides,
                                "model_overrides": model_overrides}
     if args.mode in ("target", "all"):
-        runs: dict[str, list[dict]] = {p: [] for p in args.presets}
+        rows, ratios, record = [], [], []
         for r in range(repeats):
-            order = args.presets if r % 2 == 0 else args.presets[::-1]
-            for name in order:
-                o, mo = ov(name)
-                res = run_to_target(name, data, target, max_time, {"eval_interval": args.eval_interval, **o}, mo)
-                runs[name].append(res)
-                got = f"{res['time_s']:.1f} s (step {res['step']})" if res["reached"] else \
-                    f"not reached in {res['elapsed_total']:.0f} s (best {res['best_val_loss']:.3f})"
-                print(f"repeat {r + 1}/{repeats} {name}: val loss <= {target}: {got}", flush=True)
-        rows = []
-        for name, rs in runs.items():
-            times = [x["time_s"] for x in rs if x["reached"]]
-            ratio = float("nan")
-            if name != BASELINE and BASELINE in runs:
-                pairs = [(a["time_s"], b["time_s"]) for a, b in zip(rs, runs[BASELINE]) if a["reached"] and
-                         b["reached"]]
-                ratio = median([a / b for a, b in pairs]) if pairs else float("nan")
-            rows.append([name, f"{rs[0]['params']:,}", rs[0]["tokens_per_step"], f"{len(times)}/{len(rs)}",
-                         median(times), median([x["step"] for x in rs if x["reached"]]),
+            order = ["base", "cand"] if r % 2 == 0 else ["cand", "base"]
+            res_base = res_cand = None
+            for who in order:
+                if who == "base":
+                    res_base = run(BASELINE, data, target, base_ov, {})
+                    got = f"{res_base['time_s']:.1f} s" if res_base["reached"] else "not reached"
+                    print(f"repeat {r + 1}/{repeats} {BASELINE}: {res_base['steps_done']} steps in "
+                          f"{res_base['wall_s']:.1f} s, last val loss {res_base['last_val_loss']:.3f} "
+                          f"(<= {target}: {got})", flush=True)
+                else:
+                    print(f"repeat {r + 1}/{repeats} {CANDIDATE}:", flush=True)
+                    res_cand, tried = sweep(data, target, targets_b, overrides, model_overrides)
+                    record.append(tried)
+            ratio = res_cand["time_s"] / res_base["wall_s"] if res_cand else float("nan")
+            ratios.append(ratio)
+            rows.append([r + 1, res_base["wall_s"], res_base["last_val_loss"],
+                         res_cand["budget_s"] if res_cand else "-", res_cand["max_iters"] if res_cand else "-",
+                         res_cand["time_s"] if res_cand else float("nan"),
+                         res_cand["val_loss_at_target"] if res_cand else float("nan"),
                          "-" if ratio != ratio else f"{ratio:.2f}x"])
-        print(f"\nTime to val loss <= {target} (Trainer, eval every {args.eval_interval} steps, torch threads "
-              f"{torch.get_num_threads()}, medians of {repeats} alternating repeats)")
-        print(markdown_table(["preset", "params", "tokens/step", "reached", "time s", "step",
-                              f"time vs {BASELINE}"], rows))
-        payload["target_runs"] = runs
+            payload.setdefault("target_runs", []).append({"baseline": res_base, "candidate": res_cand})
+        print(f"\nTime to val loss <= {target}: {CANDIDATE} planned for a budget (like `minigpt train --max-time B`) "
+              f"vs nanoGPT's CPU recipe run to its end (Trainer, torch threads {torch.get_num_threads()})")
+        print(markdown_table(["repeat", f"{BASELINE} recipe s", f"{BASELINE} final val", "budget B s", "steps",
+                              f"{CANDIDATE} time to target s", "val loss then", "time / recipe time"], rows))
+        finite = [x for x in ratios if x == x]
+        print(f"median ratio {median(finite):.2f}x over {len(finite)}/{len(ratios)} repeats" if finite else
+              "target not reached")
+        payload["sweeps"] = record
     if args.mode in ("budget", "all"):
-        name = next(p for p in args.presets if p != BASELINE) if len(args.presets) > 1 else args.presets[0]
-        o, mo = ov(name)
         res_b = []
         for b in budgets:
-            res = run_budget(name, data, b, not args.no_fit, o, mo)
+            res = run(CANDIDATE, data, target, overrides, model_overrides, budget=b)
             res_b.append(res)
             print(f"budget {b:.0f} s: best val loss {res['best_val_loss']:.4f} after {res['steps_done']} steps "
-                  f"(max_iters {res['max_iters']})", flush=True)
-        print(f"\nBest val loss within a wall-clock budget ({name}, torch threads {torch.get_num_threads()})")
-        print(markdown_table(["budget s", "max_iters", "steps done", "best val loss", "last val loss"],
-                             [[r["budget_s"], r["max_iters"], r["steps_done"], r["best_val_loss"],
+                  f"(max_iters {res['max_iters']}, {res['wall_s']:.0f} s in all)", flush=True)
+        print(f"\nBest val loss within a wall-clock budget ({CANDIDATE}, torch threads {torch.get_num_threads()})")
+        print(markdown_table(["budget s", "max_iters", "steps done", "wall s", "best val loss", "last val loss"],
+                             [[r["budget_s"], r["max_iters"], r["steps_done"], r["wall_s"], r["best_val_loss"],
                                r["last_val_loss"]] for r in res_b]))
         payload["budget_runs"] = res_b
     print(f"\nmachine: {machine_info()}")

@@ -347,62 +347,6 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _steps_per_second(model: Any, get_batch: Any, config: Any, steps: int = 6) -> float:
-    """Optimizer steps per second of this model and batch on this machine, timed on a throwaway copy."""
-    import copy
-
-    import torch
-
-    from .device import autocast, autocast_dtype, get_device
-    from .train import configure_optimizer
-
-    device = get_device(config.device)
-    m = copy.deepcopy(model).to(device).train()
-    opt = configure_optimizer(m, config, device)
-    dtype = autocast_dtype(device, None if config.dtype == "auto" else config.dtype)
-    g = torch.Generator().manual_seed(0)
-
-    def one_step() -> None:
-        for _ in range(config.grad_accum):
-            batch = [t.to(device) for t in get_batch("train", g)]
-            with autocast(device, dtype):
-                _, loss = m(*batch)
-            loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    for _ in range(2):  # first steps allocate buffers and pick kernels
-        one_step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        one_step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps / (time.perf_counter() - t0)
-
-
-def _fit_to_budget(model: Any, get_batch: Any, config: Any) -> Any:
-    """Set max_iters so that warmup + decay end when the --max-time budget does.
-
-    A cosine schedule that is cut off halfway by the clock never reaches its low learning rate, and
-    the last, low-rate steps are where the loss drops most; so a timed run plans its steps from the
-    measured speed. Evaluations cost about 2 * eval_iters forward passes (~1/3 of a step each).
-    """
-    import dataclasses
-
-    sps = _steps_per_second(model, get_batch, config)
-    eval_cost = 2 * config.eval_iters / 3  # in steps, per evaluation
-    per_step = 1 + (eval_cost / config.eval_interval if config.eval_interval else 0)
-    # the trainer also evaluates before the first step and after the last one
-    budget_steps = (config.max_time_s * sps - (2 * eval_cost if config.eval_interval else 0)) / per_step
-    n = max(10, int(0.95 * budget_steps))
-    _say(f"schedule: {sps:.1f} steps/s measured, so {n} steps fit the {config.max_time_s:g} s budget "
-         "(pass --max-iters to choose yourself)")
-    return dataclasses.replace(config, max_iters=n, lr_decay_iters=None, warmup_iters=min(config.warmup_iters, n // 10))
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -412,7 +356,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .data import train_val_split
     from .presets import get_preset
     from .tokenizer import BPETokenizer, CharTokenizer
-    from .train import Trainer, TrainingDiverged, lm_batches
+    from .train import Trainer, TrainingDiverged, fit_to_budget, lm_batches
 
     preset = get_preset(args.preset)
     overrides = _train_overrides(args)
@@ -459,7 +403,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if (config.max_time_s and args.max_iters is None and args.epochs is None and ckpt is None
             and not config.compile and not distributed):
-        config = _fit_to_budget(model, get_batch, config)
+        config, sps = fit_to_budget(model, get_batch, config)
+        _say(f"schedule: {sps:.1f} steps/s measured, so {config.max_iters} steps fit the {config.max_time_s:g} s "
+             "budget (pass --max-iters to choose yourself)")
 
     n_params = sum(p.numel() for p in model.parameters())
     _say(f"data: {source}, {len(text):,} characters, {len(train_ids):,} train / {len(val_ids):,} val tokens, "

@@ -121,7 +121,8 @@ class Muon(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
-            by_shape: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
+            # matrices of one shape, up to a transpose, are orthogonalised in one batched call
+            by_shape: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -131,17 +132,17 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - mu)  # buf = mu * buf + (1 - mu) * grad
                 update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
-                by_shape[tuple(p.shape)].append((p, update))
+                wide = update if update.size(0) <= update.size(1) else update.mT
+                by_shape[tuple(wide.shape)].append((p, wide))
             for shape, items in by_shape.items():
-                stacked = torch.stack([u for _, u in items])
-                ortho = newton_schulz(stacked.to(self._ns_dtype(stacked.device)), group["ns_steps"])
-                scale = 0.2 * math.sqrt(max(shape))
-                for (p, _), u in zip(items, ortho.unbind(0)):
+                dtype = self._ns_dtype(items[0][0].device)
+                ortho = newton_schulz(torch.stack([w.to(dtype) for _, w in items]), group["ns_steps"])
+                scale = 0.2 * math.sqrt(max(shape))  # the RMS of an AdamW update (see the docstring)
+                for (p, _), o in zip(items, ortho.unbind(0)):
                     if wd:
                         p.mul_(1 - lr * wd)
-                    p.add_(u.to(p.dtype), alpha=-lr * scale)
+                    p.add_(o if p.size(0) <= p.size(1) else o.mT, alpha=-lr * scale)
         return loss
-
 
     def _ns_dtype(self, device: torch.device) -> torch.dtype:
         if self.ns_dtype is not None:

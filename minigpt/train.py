@@ -74,7 +74,9 @@ __all__ = [
     "TrainingDiverged",
     "cleanup_distributed",
     "configure_optimizer",
+    "fit_to_budget",
     "lm_batches",
+    "measure_steps_per_second",
     "setup_distributed",
     "train",
 ]
@@ -395,6 +397,65 @@ def lm_batches(
         return sample(splits[split], block_size, batch_size, generator=generator)
 
     return get_batch
+
+
+def measure_steps_per_second(
+    model: nn.Module, get_batch: GetBatch, config: TrainConfig, steps: int = 8, min_seconds: float = 1.0
+) -> float:
+    """Optimizer steps per second of this model, batch and optimizer here, timed on a throwaway copy
+    over at least `steps` steps and `min_seconds` seconds (a handful of steps is too noisy to plan by)."""
+    import copy
+
+    from .device import autocast, autocast_dtype, get_device
+
+    device = get_device(config.device)
+    m = copy.deepcopy(unwrap_model(model)).to(device).train()
+    opt = configure_optimizer(m, config, device)
+    dtype = autocast_dtype(device, None if config.dtype == "auto" else config.dtype)
+    g = torch.Generator().manual_seed(0)
+
+    def one_step() -> None:
+        for _ in range(config.grad_accum):
+            batch = [t.to(device) for t in get_batch("train", g)]
+            with autocast(device, dtype):
+                _, loss = m(*batch)
+            loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(3):  # the first steps allocate buffers and pick kernels
+        one_step()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    done, t0 = 0, time.perf_counter()
+    while done < steps or time.perf_counter() - t0 < min_seconds:
+        one_step()
+        done += 1
+        if done % 4 == 0:
+            sync()
+    sync()
+    return done / (time.perf_counter() - t0)
+
+
+def fit_to_budget(model: nn.Module, get_batch: GetBatch, config: TrainConfig) -> tuple[TrainConfig, float]:
+    """A copy of `config` whose max_iters makes warmup + decay end when `config.max_time_s` does.
+
+    A schedule cut off by the clock halfway never reaches its low learning rate, and the last,
+    low-rate steps are where the loss drops most; so a timed run plans its steps from the speed
+    measured here and now. Returns (config, measured steps per second). Evaluations cost about
+    2 * eval_iters forward passes of ~1/3 of a step each; the trainer evaluates before the first
+    step and after the last one as well.
+    """
+    if not config.max_time_s:
+        raise ValueError("fit_to_budget needs config.max_time_s (the budget in seconds)")
+    sps = measure_steps_per_second(model, get_batch, config)
+    eval_cost = 2 * config.eval_iters / 3  # in steps, per evaluation
+    per_step = 1 + (eval_cost / config.eval_interval if config.eval_interval else 0)
+    budget_steps = (config.max_time_s * sps - (2 * eval_cost if config.eval_interval else 0)) / per_step
+    n = max(10, int(0.95 * budget_steps))
+    fitted = dataclasses.replace(config, max_iters=n, lr_decay_iters=None,
+                                 warmup_iters=min(config.warmup_iters, n // 10))
+    return fitted, sps
 
 
 def _rng_state() -> dict[str, Any]:

@@ -38,6 +38,8 @@ def test_preset_table_matches_the_presets():
         for field in ("n_layer", "n_head", "n_embd", "block_size"):
             assert _int(r[field]) == getattr(model, field), (name, field)
         assert float(r["dropout"]) == model.dropout, name
+        assert r["position"] == model.position, name
+        assert r["optimizer"] == train.optimizer and r["schedule"] == train.schedule, name
         assert _int(r["parameters"]) == _count(name), name
         assert _int(r["batch_size"]) == train.batch_size, name
         assert float(r["lr"]) == train.lr, name
