@@ -168,9 +168,10 @@ class KVCache:
             raise RuntimeError(
                 f"KV cache is full ({self.max_len} positions); crop the context or start a new cache"
             )
-        self.k[layer][:, :, self.pos : end] = k
-        self.v[layer][:, :, self.pos : end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        # narrow() is the [:, :, pos:end] slice as one cheap call: decoding does this for every token
+        self.k[layer].narrow(2, self.pos, T).copy_(k)
+        self.v[layer].narrow(2, self.pos, T).copy_(v)
+        return self.k[layer].narrow(2, 0, end), self.v[layer].narrow(2, 0, end)
 
     def advance(self, T: int) -> None:
         self.pos += T
@@ -248,16 +249,17 @@ class MultiHeadAttention(nn.Module):
             k = k.view(B, S, nkv, hs)
             if rope is not None:
                 q, k = _rotate(q, rope), _rotate(k, rope)
+            v = v.view(B, S, nkv, hs)
         else:
-            S = T
-            qk, v = self.c_attn(x).split([C + nkv * hs, nkv * hs], dim=2)
-            qk = qk.view(B, T, nh + nkv, hs)  # queries and keys side by side: rotated in one pass
-            if rope is not None:
-                qk = _rotate(qk, rope)
-            q, k = qk.split([nh, nkv], dim=2)
+            qkv = self.c_attn(x).view(B, T, nh + 2 * nkv, hs)  # every head's q, k, v side by side
+            if rope is not None:  # queries and keys rotated in one pass
+                q, k = _rotate(qkv[:, :, : nh + nkv], rope).split([nh, nkv], dim=2)
+                v = qkv[:, :, nh + nkv :]
+            else:
+                q, k, v = qkv.split([nh, nkv, nkv], dim=2)
         q = q.transpose(1, 2)  # (B, nh, T, hs)
         k = k.transpose(1, 2)  # (B, nkv, S, hs)
-        v = v.view(B, S, nkv, hs).transpose(1, 2)  # (B, nkv, S, hs)
+        v = v.transpose(1, 2)  # (B, nkv, S, hs)
         return q, k, v
 
     def forward(
@@ -294,4 +296,7 @@ class MultiHeadAttention(nn.Module):
         else:
             y, w = fast_attention(q, k, v, mask=mask, is_causal=causal, dropout_p=dropout_p), None
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
-        return self.resid_dropout(self.c_proj(y)), w
+        y = self.c_proj(y)
+        if self.training and self.dropout > 0:  # (a module call per token adds up when decoding)
+            y = self.resid_dropout(y)
+        return y, w

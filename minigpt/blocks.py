@@ -19,6 +19,12 @@ __all__ = ["ACTIVATIONS", "FeedForward", "RMSNorm", "make_norm", "TransformerBlo
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
 
 
+def dropout(module: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``, skipped outright when it would do nothing (eval mode or p = 0): decoding runs the
+    model once per token, and there a module call costs more than the layer's arithmetic."""
+    return module(x) if module.training and module.p > 0 else x
+
+
 class FeedForward(nn.Module):
     """Position-wise MLP: d_model -> d_ff -> d_model.
 
@@ -49,7 +55,7 @@ class FeedForward(nn.Module):
             h = F.gelu(h)
         else:
             h = F.gelu(h, approximate="tanh")
-        return self.dropout(self.c_proj(h))
+        return dropout(self.dropout, self.c_proj(h))
 
 
 class RMSNorm(nn.Module):
@@ -110,14 +116,14 @@ class TransformerBlock(nn.Module):
         layer: int = 0,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        kw = dict(mask=mask, causal=self.causal, rope=rope, kv_cache=kv_cache, layer=layer,
-                  need_weights=need_weights)
         if self.prenorm:
-            a, w = self.attn(self.ln_1(x), **kw)
+            a, w = self.attn(self.ln_1(x), mask=mask, causal=self.causal, rope=rope, kv_cache=kv_cache, layer=layer,
+                             need_weights=need_weights)
             x = x + a
             x = x + self.mlp(self.ln_2(x))
         else:
-            a, w = self.attn(x, **kw)
+            a, w = self.attn(x, mask=mask, causal=self.causal, rope=rope, kv_cache=kv_cache, layer=layer,
+                             need_weights=need_weights)
             x = self.ln_1(x + a)
             x = self.ln_2(x + self.mlp(x))
         return x, w

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import KVCache
-from .blocks import ACTIVATIONS, TransformerBlock, make_norm
+from .blocks import ACTIVATIONS, TransformerBlock, dropout, make_norm
 from .positional import LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding
 
 __all__ = ["GPTConfig", "PRESETS", "GPT"]
@@ -181,18 +181,20 @@ class GPT(nn.Module):
             )
         if torch.compiler.is_compiling():  # the value check below would break the compiled graph
             return
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
-            raise ValueError(
-                f"token ids must be in [0, {self.config.vocab_size}); got min {int(idx.min())}, "
-                f"max {int(idx.max())}. Was the text encoded with the tokenizer this model was trained with?"
-            )
+        if idx.numel():
+            lo, hi = (int(v) for v in torch.aminmax(idx))
+            if lo < 0 or hi >= self.config.vocab_size:
+                raise ValueError(
+                    f"token ids must be in [0, {self.config.vocab_size}); got min {lo}, max {hi}. "
+                    "Was the text encoded with the tokenizer this model was trained with?"
+                )
 
     def _embed(self, idx: torch.Tensor, offset: int) -> tuple[torch.Tensor, tuple | None]:
         x = self.transformer.wte(idx)  # (B, T, C)
         if "wpe" in self.transformer:
             x = self.transformer.wpe(x, offset)
         rope = self.rope(idx.size(1), offset) if self.rope is not None else None
-        return self.transformer.drop(x), rope
+        return dropout(self.transformer.drop, x), rope
 
     def forward(
         self,
