@@ -190,11 +190,10 @@ class KVCache:
 
 
 def _rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """RoPE on (B, T, heads, hs): the (T, hs/2) tables broadcast over the heads."""
+    """RoPE on (B, heads, T, hs): the (T, hs/2) tables broadcast over batch and heads."""
     from .positional import apply_rotary
 
-    cos, sin = rope
-    return apply_rotary(x, cos.unsqueeze(1), sin.unsqueeze(1))
+    return apply_rotary(x, *rope)
 
 
 class MultiHeadAttention(nn.Module):
@@ -244,22 +243,17 @@ class MultiHeadAttention(nn.Module):
             if context is None:
                 raise ValueError("cross-attention needs a context (the encoder output)")
             S = context.size(1)
-            q = self.q_proj(x).view(B, T, nh, hs)
-            k, v = self.kv_proj(context).split(nkv * hs, dim=2)
-            k = k.view(B, S, nkv, hs)
+            q = self.q_proj(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+            kv = self.kv_proj(context).view(B, S, 2 * nkv, hs).transpose(1, 2)  # (B, 2 nkv, S, hs)
+            k, v = kv.split(nkv, dim=1)  # (B, nkv, S, hs) each
             if rope is not None:
                 q, k = _rotate(q, rope), _rotate(k, rope)
-            v = v.view(B, S, nkv, hs)
-        else:
-            qkv = self.c_attn(x).view(B, T, nh + 2 * nkv, hs)  # every head's q, k, v side by side
-            if rope is not None:  # queries and keys rotated in one pass
-                q, k = _rotate(qkv[:, :, : nh + nkv], rope).split([nh, nkv], dim=2)
-                v = qkv[:, :, nh + nkv :]
-            else:
-                q, k, v = qkv.split([nh, nkv, nkv], dim=2)
-        q = q.transpose(1, 2)  # (B, nh, T, hs)
-        k = k.transpose(1, 2)  # (B, nkv, S, hs)
-        v = v.transpose(1, 2)  # (B, nkv, S, hs)
+            return q, k, v
+        qkv = self.c_attn(x).view(B, T, nh + 2 * nkv, hs).transpose(1, 2)  # (B, nh + 2 nkv, T, hs)
+        if rope is not None:  # queries and keys rotated in one pass
+            q, k = _rotate(qkv[:, : nh + nkv], rope).split([nh, nkv], dim=1)
+            return q, k, qkv[:, nh + nkv :]
+        q, k, v = qkv.split([nh, nkv, nkv], dim=1)  # (B, nh, T, hs), (B, nkv, T, hs) x 2
         return q, k, v
 
     def forward(
@@ -295,7 +289,7 @@ class MultiHeadAttention(nn.Module):
             y, w = scaled_dot_product_attention(q, k, v, mask=mask, is_causal=causal, dropout_p=dropout_p)
         else:
             y, w = fast_attention(q, k, v, mask=mask, is_causal=causal, dropout_p=dropout_p), None
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
+        y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble heads side by side
         y = self.c_proj(y)
         if self.training and self.dropout > 0:  # (a module call per token adds up when decoding)
             y = self.resid_dropout(y)
