@@ -89,7 +89,7 @@ def memory_probe(name: str, steps: int, prompt_len: int, n: int, threads: int | 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short lengths, one round: checks the script works")
-    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, quick 1)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, quick 1)")
     ap.add_argument("--train-steps", type=int, default=None, help="training steps before measuring (default 300)")
     ap.add_argument("--lengths", type=int, nargs="+", default=None, help="new tokens per case (default 100 500 1000)")
     ap.add_argument("--full-context", type=int, default=None,
@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared machine)")
     args = ap.parse_args()
     set_threads(args.threads)
-    rounds = args.rounds or (1 if args.quick else 3)
+    rounds = args.rounds or (1 if args.quick else 5)
     steps = args.train_steps if args.train_steps is not None else (30 if args.quick else 300)
     lengths = args.lengths if args.lengths is not None else [20, 50] if args.quick else [100, 500, 1000]
     full_n = args.full_context if args.full_context is not None else 50 if args.quick else 500
@@ -144,9 +144,11 @@ def main() -> None:
     rows, results = [], []
     for label, _, n in cases:
         med = {name: median(tps[(label, name)]) for name in CONTENDERS}
-        vs_hf = median([a / b for a, b in zip(tps[(label, CONTENDERS[0])], tps[(label, "HF generate")])])
+        per_round = [a / b for a, b in zip(tps[(label, CONTENDERS[0])], tps[(label, "HF generate")])]
+        vs_hf = median(per_round)
         vs_nc = median([a / b for a, b in zip(tps[(label, CONTENDERS[0])], tps[(label, "minigpt no cache")])])
-        rows.append([label, *med.values(), f"{vs_hf:.2f}x", f"{vs_nc:.2f}x", "yes" if identical[label] else "NO"])
+        rows.append([label, *med.values(), f"{vs_hf:.2f}x", f"{min(per_round):.2f}-{max(per_round):.2f}x",
+                     f"{vs_nc:.2f}x", "yes" if identical[label] else "NO"])
         results.append({"case": label, "new_tokens": n, "tokens_per_s": {name: tps[(label, name)] for name in
                         CONTENDERS}, "median": med, "cache_vs_hf": vs_hf, "cache_vs_no_cache": vs_nc,
                         "identical_tokens": identical[label]})
@@ -154,8 +156,8 @@ def main() -> None:
     print()
     print(f"Greedy generation, batch 1, torch threads {torch.get_num_threads()}, model {CONFIG} "
           f"({sum(p.numel() for p in model.parameters()):,} params), {rounds} interleaved rounds")
-    print(markdown_table(["new tokens", *(f"{c} tok/s" for c in CONTENDERS), "cache vs HF", "cache vs no cache",
-                          "same tokens"], rows))
+    print(markdown_table(["new tokens", *(f"{c} tok/s" for c in CONTENDERS), "cache vs HF", "per-round range",
+                          "cache vs no cache", "same tokens"], rows))
     if memory:
         print(f"\nPeak memory, one {full_n or max(lengths)}-token generation from a 16-token prompt, fresh process "
               f"each (minigpt preallocates a {cache_bytes / 2**20:.1f} MiB KV cache for {block} positions):")

@@ -98,8 +98,10 @@ PRESETS: dict[str, GPTConfig] = {
     # on a CPU). Measurements: bench/README.md.
     "shakespeare-cpu": GPTConfig(vocab_size=65, block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0,
                                  position="rope", activation="gelu"),
-    # nanoGPT's published CPU recipe (README "I only have a macbook"): 4 layers, 4 heads, width 128, block 64.
-    "nanogpt-cpu": GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
+    # nanoGPT's published CPU recipe (README "I only have a macbook"): 4 layers, 4 heads, width 128, block 64,
+    # and nanoGPT's model: no biases (its train.py default), exact GELU.
+    "nanogpt-cpu": GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0,
+                             bias=False, activation="gelu"),
     # nanoGPT's shakespeare-char model for a GPU: 6 layers, 6 heads, width 384, block 256, dropout 0.2.
     "shakespeare-char": GPTConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
     # The small from-scratch model in the course's quick reference (3 layers, 4 heads, width 64, ff 256).

@@ -452,7 +452,7 @@ def fit_to_budget(model: nn.Module, get_batch: GetBatch, config: TrainConfig) ->
     eval_cost = 2 * config.eval_iters / 3  # in steps, per evaluation
     per_step = 1 + (eval_cost / config.eval_interval if config.eval_interval else 0)
     budget_steps = (config.max_time_s * sps - (2 * eval_cost if config.eval_interval else 0)) / per_step
-    n = max(10, int(0.95 * budget_steps))
+    n = max(10, int(0.9 * budget_steps))  # a margin: a run the clock cuts short never finishes its decay
     fitted = dataclasses.replace(config, max_iters=n, lr_decay_iters=None,
                                  warmup_iters=min(config.warmup_iters, n // 10))
     return fitted, sps

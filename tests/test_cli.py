@@ -196,3 +196,22 @@ def test_max_time_plans_the_schedule_from_measured_speed(tmp_path: Path, capsys)
     meta = json.loads((out / "ckpt" / "meta.json").read_text())
     assert meta["train_config"]["max_iters"] == planned and meta["train_config"]["max_time_s"] == 2
     assert meta["train_config"]["lr_decay_iters"] is None  # the decay ends at the planned last step
+
+
+def test_optimizer_and_position_flags_and_resume_keeps_the_optimizer(tmp_path: Path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "adamw"
+    common = ["train", "--data-file", str(text), "--out-dir", str(out), "--eval-interval", "2",
+              "--sample-length", "0", *TINY]
+    assert main([*common, "--max-iters", "4", "--optimizer", "adamw", "--position", "learned"]) == 0
+    meta = json.loads((out / "ckpt" / "meta.json").read_text())
+    assert meta["train_config"]["optimizer"] == "adamw" and meta["model_config"]["position"] == "learned"
+    # the default preset trains with Muon, but a resumed run must keep the optimizer its state belongs to
+    assert main([*common, "--max-iters", "6", "--resume"]) == 0
+    meta = json.loads((out / "ckpt" / "meta.json").read_text())
+    assert meta["step"] == 6 and meta["train_config"]["optimizer"] == "adamw"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--optimizer", "sgd"])
+    assert exc.value.code == 2 and "invalid choice: 'sgd'" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from _exercise_cases import checker_tests, stub  # noqa: F401
 from minigpt.exercises.nb09 import (
     check_accumulate_gradients,
     check_clip_grad_norm,
+    check_newton_schulz,
     check_power_law_fit,
     check_warmup_cosine,
 )
@@ -109,12 +110,70 @@ def fit_two_points(N, L):
     return L[0] * N[0] ** b, b
 
 
+# ---- 09.5 Newton-Schulz
+def ns_ref(G, steps):
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G / G.norm()
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return X
+
+
+def ns_library(G, steps):  # the library's batched version is a correct answer too
+    from minigpt.optim import newton_schulz
+
+    return newton_schulz(G, steps)
+
+
+def ns_svd(G, steps):
+    U, _, Vh = torch.linalg.svd(G, full_matrices=False)
+    return U @ Vh
+
+
+def ns_ref_unnormalised(G, steps):
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return X
+
+
+def ns_one_step_short(G, steps):
+    return ns_ref(G, steps - 1) if steps > 1 else G / G.norm()
+
+
+def ns_swapped_coefficients(G, steps):
+    a, b, c = 3.4445, 2.0315, -4.7750
+    X = G / G.norm()
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return X
+
+
+def ns_gram_on_the_right(G, steps):  # X^T X: fails on non-square matrices
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G / G.norm()
+    for _ in range(steps):
+        A = X.T @ X
+        X = a * X + (b * A + c * A @ A) @ X
+    return X
+
+
 CASES = [
     (check_warmup_cosine, lr_ref, [lr_no_warmup, lr_decays_to_zero, lr_no_floor]),
     (check_accumulate_gradients, accum_ref, [accum_no_divide, accum_zero_between, accum_first_only]),
     (check_clip_grad_norm, clip_ref, [clip_per_tensor, clip_always, clip_returns_after]),
     (check_power_law_fit, fit_ref, [fit_sign, fit_log10_mixup, fit_two_points]),
+    (check_newton_schulz, ns_ref, [ns_svd, ns_ref_unnormalised, ns_one_step_short, ns_swapped_coefficients,
+                                   ns_gram_on_the_right]),
 ]
+
+
+def test_the_library_newton_schulz_passes_the_checker():
+    assert check_newton_schulz(ns_library).passed
 
 
 test_reference_passes, test_mutant_fails, test_stub_not_done = checker_tests(CASES)

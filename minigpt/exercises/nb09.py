@@ -2,7 +2,7 @@
 
 References are independent of the student's code: the warmup-cosine schedule written out from its
 formula with ``math.cos``, full-batch gradients from one backward pass, ``torch.nn.utils.clip_grad_norm_``,
-and power laws with known exponents.
+power laws with known exponents, and Newton-Schulz iterations computed on the singular values of an SVD.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import torch.nn as nn
 
 from ._core import checker, expect
 
-__all__ = ["check_warmup_cosine", "check_accumulate_gradients", "check_clip_grad_norm", "check_power_law_fit"]
+__all__ = ["check_warmup_cosine", "check_accumulate_gradients", "check_clip_grad_norm", "check_power_law_fit",
+           "check_newton_schulz"]
 
 
 # ------------------------------------------------------------------ 09.1 warmup + cosine
@@ -144,3 +145,48 @@ def check_power_law_fit(fn) -> None:
     expect(math.isclose(gb, -float(coef[1]), rel_tol=1e-4) and math.isclose(ga, math.exp(float(coef[0])), rel_tol=1e-4),
            "on noisy points the fit should be ordinary least squares on (log N, log L); fitting L itself (not its "
            "log) or dropping points gives a different line")
+
+
+# ------------------------------------------------------------------ 09.5 Newton-Schulz orthogonalisation
+
+_NS = (3.4445, -4.7750, 2.0315)
+
+
+def _ns_by_svd(G: torch.Tensor, steps: int, coeffs=_NS, normalise: bool = True) -> torch.Tensor:
+    """What `steps` quintic Newton-Schulz iterations do, computed on the singular values: U p(...p(s)) V^T."""
+    a, b, c = coeffs
+    U, S, Vh = torch.linalg.svd(G, full_matrices=False)
+    s = S / G.norm() if normalise else S
+    for _ in range(steps):
+        s = a * s + b * s**3 + c * s**5
+    return U @ torch.diag(s) @ Vh
+
+
+@checker("09.5 Newton-Schulz orthogonalisation")
+def check_newton_schulz(fn) -> None:
+    """fn(G, steps) -> X: `steps` quintic Newton-Schulz iterations on G / ||G||_F, the same shape as G."""
+    g = torch.Generator().manual_seed(0)
+    for shape, steps in [((6, 10), 5), ((10, 6), 5), ((8, 8), 3), ((5, 12), 1)]:
+        G = torch.randn(shape, generator=g, dtype=torch.float64) * 2.0
+        X = fn(G.clone(), steps)
+        expect(isinstance(X, torch.Tensor) and tuple(X.shape) == shape,
+               f"for G of shape {shape} return a tensor of the same shape, got "
+               f"{tuple(X.shape) if isinstance(X, torch.Tensor) else type(X).__name__}")
+        X = X.to(torch.float64)
+        want = _ns_by_svd(G, steps)
+        if torch.allclose(X, want, atol=1e-6, rtol=1e-5):
+            continue
+        U, _, Vh = torch.linalg.svd(G, full_matrices=False)
+        if torch.allclose(X, U @ Vh, atol=1e-6):
+            expect(False, "that is the exact polar factor U V^T from an SVD; the exercise is the Newton-Schulz "
+                          "iteration, whose singular values land near 1 (about 0.7-1.2), not exactly on it")
+        if not torch.isfinite(X).all() or torch.allclose(X, _ns_by_svd(G, steps, normalise=False), atol=1e-6):
+            expect(False, "divide G by its Frobenius norm G.norm() first: the iteration only maps singular values "
+                          "in (0, 1] towards 1, larger ones blow up")
+        for k in range(1, 8):
+            if k != steps and torch.allclose(X, _ns_by_svd(G, k), atol=1e-6, rtol=1e-5):
+                expect(False, f"you ran {k} iteration(s) where steps={steps} were asked for")
+        expect(False, f"G of shape {shape}, {steps} steps: the result differs from the iteration "
+                      "X <- a X + (b A + c A A) X with A = X X^T and (a, b, c) = (3.4445, -4.7750, 2.0315) "
+                      f"(max difference {(X - want).abs().max():.2e}). Check the coefficients and that A = X X^T "
+                      "multiplies X from the left")
