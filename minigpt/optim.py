@@ -6,7 +6,7 @@ weights. Adam's update for a weight matrix is dominated by a few large singular 
 (Jordan et al., 2024, "Muon: an optimizer for hidden layers in neural networks") keeps SGD
 momentum and replaces the matrix update by its nearest semi-orthogonal matrix, U V^T for the
 momentum M = U S V^T, so every direction moves at the same rate. On tiny Shakespeare that takes
-the same number of steps noticeably further than AdamW (see bench/README.md for the measurements).
+the same number of steps noticeably further than AdamW (measurements: README.md, Benchmarks).
 
 Muon only makes sense for 2-D matrices inside the network. Embeddings, the output layer, biases
 and norm gains keep AdamW, as in the reference implementation; :class:`MuonAdamW` holds both and
