@@ -45,8 +45,7 @@ CONFIG = dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, dro
 BATCH, LR = 12, 1e-3
 # minigpt as nanoGPT's recipe builds it (no biases, exact GELU), and in GPT-2's layout: the very same
 # function as Hugging Face's model (biases, tanh GELU), so that row isolates the code from the design
-ARCHS = {"minigpt": dict(bias=False, activation="gelu"), "minigpt-gpt2": dict(bias=True, activation="gelu_tanh"),
-         "hf": dict(bias=True, activation="gelu_tanh")}
+ARCHS = {"minigpt": dict(bias=False, activation="gelu"), "minigpt-gpt2": dict(bias=True, activation="gelu_tanh")}
 
 NAMES = {"minigpt": "minigpt (nanoGPT's architecture)", "minigpt-gpt2": "minigpt (GPT-2 layout)",
          "hf": "HF GPT2LMHeadModel"}

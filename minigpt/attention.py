@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .positional import apply_rotary
+
 __all__ = [
     "scaled_dot_product_attention",
     "fast_attention",
@@ -168,10 +170,9 @@ class KVCache:
             raise RuntimeError(
                 f"KV cache is full ({self.max_len} positions); crop the context or start a new cache"
             )
-        # narrow() is the [:, :, pos:end] slice as one cheap call: decoding does this for every token
-        self.k[layer].narrow(2, self.pos, T).copy_(k)
-        self.v[layer].narrow(2, self.pos, T).copy_(v)
-        return self.k[layer].narrow(2, 0, end), self.v[layer].narrow(2, 0, end)
+        self.k[layer][:, :, self.pos : end] = k
+        self.v[layer][:, :, self.pos : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
     def advance(self, T: int) -> None:
         self.pos += T
@@ -189,11 +190,10 @@ class KVCache:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
 
-def _rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """RoPE on (B, heads, T, hs): the (T, hs/2) tables broadcast over batch and heads."""
-    from .positional import apply_rotary
-
-    return apply_rotary(x, *rope)
+def dropout(module: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``, skipped outright when it would do nothing (eval mode or p = 0): decoding runs the
+    model once per token, and there a module call costs more than the layer's arithmetic."""
+    return module(x) if module.training and module.p > 0 else x
 
 
 class MultiHeadAttention(nn.Module):
@@ -246,12 +246,12 @@ class MultiHeadAttention(nn.Module):
             q = self.q_proj(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
             kv = self.kv_proj(context).view(B, S, 2 * nkv, hs).transpose(1, 2)  # (B, 2 nkv, S, hs)
             k, v = kv.split(nkv, dim=1)  # (B, nkv, S, hs) each
-            if rope is not None:
-                q, k = _rotate(q, rope), _rotate(k, rope)
+            if rope is not None:  # the (T, hs/2) tables broadcast over batch and heads
+                q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
             return q, k, v
         qkv = self.c_attn(x).view(B, T, nh + 2 * nkv, hs).transpose(1, 2)  # (B, nh + 2 nkv, T, hs)
         if rope is not None:  # queries and keys rotated in one pass
-            q, k = _rotate(qkv[:, : nh + nkv], rope).split([nh, nkv], dim=1)
+            q, k = apply_rotary(qkv[:, : nh + nkv], *rope).split([nh, nkv], dim=1)
             return q, k, qkv[:, nh + nkv :]
         q, k, v = qkv.split([nh, nkv, nkv], dim=1)  # (B, nh, T, hs), (B, nkv, T, hs) x 2
         return q, k, v
@@ -290,7 +290,4 @@ class MultiHeadAttention(nn.Module):
         else:
             y, w = fast_attention(q, k, v, mask=mask, is_causal=causal, dropout_p=dropout_p), None
         y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble heads side by side
-        y = self.c_proj(y)
-        if self.training and self.dropout > 0:  # (a module call per token adds up when decoding)
-            y = self.resid_dropout(y)
-        return y, w
+        return dropout(self.resid_dropout, self.c_proj(y)), w

@@ -12,17 +12,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import KVCache, MultiHeadAttention
+from .attention import KVCache, MultiHeadAttention, dropout
 
 __all__ = ["ACTIVATIONS", "FeedForward", "RMSNorm", "make_norm", "TransformerBlock", "DecoderBlock"]
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
-
-
-def dropout(module: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)``, skipped outright when it would do nothing (eval mode or p = 0): decoding runs the
-    model once per token, and there a module call costs more than the layer's arithmetic."""
-    return module(x) if module.training and module.p > 0 else x
 
 
 class FeedForward(nn.Module):
@@ -116,14 +110,14 @@ class TransformerBlock(nn.Module):
         layer: int = 0,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        kw = dict(mask=mask, causal=self.causal, rope=rope, kv_cache=kv_cache, layer=layer,
+                  need_weights=need_weights)
         if self.prenorm:
-            a, w = self.attn(self.ln_1(x), mask=mask, causal=self.causal, rope=rope, kv_cache=kv_cache, layer=layer,
-                             need_weights=need_weights)
+            a, w = self.attn(self.ln_1(x), **kw)
             x = x + a
             x = x + self.mlp(self.ln_2(x))
         else:
-            a, w = self.attn(x, mask=mask, causal=self.causal, rope=rope, kv_cache=kv_cache, layer=layer,
-                             need_weights=need_weights)
+            a, w = self.attn(x, **kw)
             x = self.ln_1(x + a)
             x = self.ln_2(x + self.mlp(x))
         return x, w

@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import KVCache
-from .blocks import ACTIVATIONS, TransformerBlock, dropout, make_norm
+from .attention import KVCache, dropout
+from .blocks import ACTIVATIONS, TransformerBlock, make_norm
 from .positional import LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding
 
 __all__ = ["GPTConfig", "PRESETS", "GPT"]

@@ -46,14 +46,13 @@ def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.T
     tall = X.size(-2) > X.size(-1)
     if tall:  # iterate on the wide orientation: the Gram matrix X X^T is then the small one
         X = X.mT
-    batched = X.dim() == 3
-    if not batched:
-        X = X.reshape(-1, *X.shape[-2:])
+    lead, (m, n) = X.shape[:-2], X.shape[-2:]
+    X = X.reshape(-1, m, n)  # (k, m, n): any leading dims become one batch
     for _ in range(steps):
         A = torch.bmm(X, X.mT)  # (k, m, m)
         B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b A + c A^2, one fused call
         X = torch.baddbmm(X, B, X, beta=a)  # a X + B X
-    X = X if batched else X.reshape(G.shape[:-2] + X.shape[-2:])
+    X = X.reshape(*lead, m, n)
     return X.mT if tall else X
 
 
@@ -186,10 +185,6 @@ class MuonAdamW:
     @property
     def param_groups(self) -> list[dict[str, Any]]:
         return self.adamw.param_groups + self.muon.param_groups
-
-    @property
-    def state(self) -> dict[Any, Any]:
-        return {**self.adamw.state, **self.muon.state}
 
     def step(self, closure: Any = None) -> Any:
         loss = self.adamw.step(closure)

@@ -63,6 +63,7 @@ from .checkpoint import (
     save_checkpoint,
     unwrap_model,
 )
+from .optim import Muon, MuonAdamW, split_muon_params
 from .schedule import SCHEDULES, lr_at
 
 __all__ = [
@@ -361,8 +362,6 @@ def configure_optimizer(model: nn.Module, config: TrainConfig, device: torch.dev
     stays with AdamW, in one :class:`minigpt.optim.MuonAdamW` (a model without hidden matrices,
     such as the bigram baseline, gets plain AdamW).
     """
-    from .optim import Muon, MuonAdamW, split_muon_params
-
     if config.optimizer == "muon":
         matrices, params = split_muon_params(model)
     else:
@@ -743,7 +742,7 @@ class Trainer:
         cfg = self.config
         lr = cfg.lr_at(self.step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
         tokens = 0
         for micro in range(cfg.grad_accum):
