@@ -1,5 +1,5 @@
 """Bridges to Hugging Face ``transformers``: GPT-2 weights in and out of :class:`minigpt.GPT`, and the
-helpers notebook 07 uses to fine-tune GPT-2 (loading with an offline fallback, ``Trainer`` arguments,
+helpers notebook 08 uses to fine-tune GPT-2 (loading with an offline fallback, ``Trainer`` arguments,
 perplexity, samples, LoRA).
 
 ``transformers`` and ``peft`` are imported inside the functions, so ``import minigpt`` stays light. GPT-2
@@ -38,7 +38,7 @@ __all__ = [
     "gpt2_to_minigpt",
     "minigpt_to_gpt2",
     "load_gpt2_into_minigpt",
-    # fine-tuning helpers (notebook 07)
+    # fine-tuning helpers (notebook 08)
     "FALLBACK_VOCAB_SIZE",
     "OFFLINE_ENV",
     "LoadInfo",

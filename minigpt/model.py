@@ -92,7 +92,7 @@ class GPTConfig:
 
 
 PRESETS: dict[str, GPTConfig] = {
-    # Sized for a 2-core laptop CPU: the default of `minigpt train` and notebook 06. nanoGPT's CPU width
+    # Sized for a 2-core laptop CPU: the default of `minigpt train` and notebook 07. nanoGPT's CPU width
     # with twice its context; RoPE instead of a learned position table (nothing to learn before attention
     # can use order: worth 0.1-0.4 nats in a short run) and exact GELU (5x cheaper than the tanh form
     # on a CPU). Measurements: README.md, Benchmarks.

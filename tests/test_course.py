@@ -117,9 +117,9 @@ def test_malformed_markers_are_clear_errors(src, words):
 
 def test_malformed_notebook_error_names_notebook_and_cell(tmp_path):
     nb = synthetic_notebook(scaffold="def my_add(a, b):\n    ### BEGIN SOLUTION\n    return a + b\n")
-    write_nb(nb, tmp_path / "src" / "07_broken.ipynb")
+    write_nb(nb, tmp_path / "src" / "08_broken.ipynb")
     write_nb(synthetic_notebook(), tmp_path / "src" / "01_fine.ipynb")
-    with pytest.raises(SolutionMarkerError, match=r"07_broken\.ipynb, cell 4 \(code\)"):
+    with pytest.raises(SolutionMarkerError, match=r"08_broken\.ipynb, cell 4 \(code\)"):
         make_student_versions(tmp_path / "src", tmp_path / "student")
     assert not (tmp_path / "student").exists()  # nothing written when one notebook is broken
 

@@ -1,179 +1,116 @@
 """Checkers of notebook 09: each passes the reference answer, fails plausible wrong answers, and reports stubs."""
 
-import math
-
-import numpy as np
+import pytest
 import torch
-import torch.nn as nn
 from _exercise_cases import checker_tests, stub  # noqa: F401
 
+from minigpt.exercises import ExerciseFailed
 from minigpt.exercises.nb09 import (
-    check_accumulate_gradients,
-    check_clip_grad_norm,
-    check_newton_schulz,
-    check_power_law_fit,
-    check_warmup_cosine,
+    check_induction_score,
+    check_previous_token_score,
+    check_rollout,
+    check_row_entropy,
 )
-from minigpt.schedule import lr_at
 
 
-# ---- 09.1 warmup + cosine
-def lr_ref(step, max_lr, min_lr, warmup, total):  # the library's schedule is the same formula
-    return lr_at(step, lr=max_lr, min_lr=min_lr, warmup_iters=warmup, decay_iters=total, schedule="cosine")
+# ---- 09.1 row entropy
+def entropy_ref(A):
+    return -(A * A.clamp_min(1e-12).log()).sum(-1)
 
 
-def lr_no_warmup(step, max_lr, min_lr, warmup, total):
-    return lr_ref(step, max_lr, min_lr, 0, total) if step < total else min_lr
+ENTROPY_MUTANTS = {
+    "0 log 0 = NaN": lambda A: -(A * A.log()).sum(-1),
+    "log base 2": lambda A: -(A * A.clamp_min(1e-12).log2()).sum(-1),
+    "missing minus": lambda A: (A * A.clamp_min(1e-12).log()).sum(-1),
+    "sum over queries": lambda A: -(A * A.clamp_min(1e-12).log()).sum(-2),
+    "mean instead of sum": lambda A: -(A * A.clamp_min(1e-12).log()).mean(-1),
+}
 
 
-def lr_decays_to_zero(step, max_lr, min_lr, warmup, total):
-    return lr_ref(step, max_lr, 0.0, warmup, total)
+# ---- 09.2 previous-token score
+def prev_ref(A):
+    return torch.diagonal(A, offset=-1).mean()
 
 
-def lr_no_floor(step, max_lr, min_lr, warmup, total):  # cosine keeps going past total
-    if step < warmup:
-        return max_lr * (step + 1) / (warmup + 1)
-    progress = (step - warmup) / (total - warmup)
-    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (max_lr - min_lr)
+PREV_MUTANTS = {
+    "divides by T": lambda A: torch.diagonal(A, offset=-1).sum() / A.shape[-1],
+    "future diagonal": lambda A: torch.diagonal(A, offset=1).mean(),
+    "main diagonal": lambda A: torch.diagonal(A)[1:].mean(),
+    "whole column 0": lambda A: A[1:, 0].mean(),
+}
 
 
-# ---- 09.2 accumulation
-def accum_ref(model, x, y, n_micro):
-    loss_fn = nn.CrossEntropyLoss()
-    for xb, yb in zip(x.chunk(n_micro), y.chunk(n_micro)):
-        (loss_fn(model(xb), yb) / n_micro).backward()
+# ---- 09.3 induction score
+def induction_ref(A, P):
+    return torch.stack([A[i, i - P + 1] for i in range(P, 2 * P)]).mean()
 
 
-def accum_no_divide(model, x, y, n_micro):
-    loss_fn = nn.CrossEntropyLoss()
-    for xb, yb in zip(x.chunk(n_micro), y.chunk(n_micro)):
-        loss_fn(model(xb), yb).backward()
+INDUCTION_MUTANTS = {
+    "duplicate-token key i-P": lambda A, P: torch.stack([A[i, i - P] for i in range(P, 2 * P)]).mean(),
+    "over all queries": lambda A, P: torch.stack([A[i, max(i - P + 1, 0)] for i in range(2 * P)]).mean(),
+    "two steps on": lambda A, P: torch.stack([A[i, i - P + 2] for i in range(P, 2 * P)]).mean(),
+    "previous token": lambda A, P: torch.stack([A[i, i - 1] for i in range(P, 2 * P)]).mean(),
+}
 
 
-def accum_zero_between(model, x, y, n_micro):
-    loss_fn = nn.CrossEntropyLoss()
-    for xb, yb in zip(x.chunk(n_micro), y.chunk(n_micro)):
-        model.zero_grad()
-        (loss_fn(model(xb), yb) / n_micro).backward()
+# ---- 09.4 rollout
+def rollout_ref(maps):
+    T = maps.shape[-1]
+    r = torch.eye(T)
+    for layer in maps:
+        a = layer.mean(0) + torch.eye(T)
+        r = (a / a.sum(-1, keepdim=True)) @ r
+    return r
 
 
-def accum_first_only(model, x, y, n_micro):
-    nn.CrossEntropyLoss()(model(x.chunk(n_micro)[0]), y.chunk(n_micro)[0]).backward()
+def _rollout_variant(maps, *, residual=True, normalise=True, left=True, fuse="mean"):
+    T = maps.shape[-1]
+    r = torch.eye(T)
+    for layer in maps:
+        a = layer.mean(0) if fuse == "mean" else layer.max(0).values
+        if residual:
+            a = a + torch.eye(T)
+        if normalise:
+            a = a / a.sum(-1, keepdim=True)
+        r = a @ r if left else r @ a
+    return r
 
 
-# ---- 09.3 clipping
-def clip_ref(params, max_norm):
-    total = torch.sqrt(sum((p.grad**2).sum() for p in params))
-    factor = min(1.0, max_norm / (float(total) + 1e-6))
-    for p in params:
-        p.grad.mul_(factor)
-    return total
-
-
-def clip_per_tensor(params, max_norm):
-    norms = [p.grad.norm() for p in params]
-    for p, n in zip(params, norms):
-        p.grad.mul_(min(1.0, max_norm / float(n)))
-    return torch.sqrt(sum(n**2 for n in norms))
-
-
-def clip_always(params, max_norm):  # scales small gradients UP to max_norm
-    total = torch.sqrt(sum((p.grad**2).sum() for p in params))
-    for p in params:
-        p.grad.mul_(max_norm / float(total))
-    return total
-
-
-def clip_returns_after(params, max_norm):
-    clip_ref(params, max_norm)
-    return torch.sqrt(sum((p.grad**2).sum() for p in params))
-
-
-# ---- 09.4 power law
-def fit_ref(N, L):
-    slope, intercept = np.polyfit(np.log(N), np.log(L), 1)
-    return float(np.exp(intercept)), float(-slope)
-
-
-def fit_sign(N, L):
-    a, b = fit_ref(N, L)
-    return a, -b
-
-
-def fit_log10_mixup(N, L):
-    slope, intercept = np.polyfit(np.log10(N), np.log10(L), 1)
-    return float(np.exp(intercept)), float(-slope)
-
-
-def fit_two_points(N, L):
-    b = -math.log(L[-1] / L[0]) / math.log(N[-1] / N[0])
-    return L[0] * N[0] ** b, b
-
-
-# ---- 09.5 Newton-Schulz
-def ns_ref(G, steps):
-    a, b, c = 3.4445, -4.7750, 2.0315
-    X = G / G.norm()
-    for _ in range(steps):
-        A = X @ X.T
-        X = a * X + (b * A + c * A @ A) @ X
-    return X
-
-
-def ns_library(G, steps):  # the library's batched version is a correct answer too
-    from minigpt.optim import newton_schulz
-
-    return newton_schulz(G, steps)
-
-
-def ns_svd(G, steps):
-    U, _, Vh = torch.linalg.svd(G, full_matrices=False)
-    return U @ Vh
-
-
-def ns_ref_unnormalised(G, steps):
-    a, b, c = 3.4445, -4.7750, 2.0315
-    X = G
-    for _ in range(steps):
-        A = X @ X.T
-        X = a * X + (b * A + c * A @ A) @ X
-    return X
-
-
-def ns_one_step_short(G, steps):
-    return ns_ref(G, steps - 1) if steps > 1 else G / G.norm()
-
-
-def ns_swapped_coefficients(G, steps):
-    a, b, c = 3.4445, 2.0315, -4.7750
-    X = G / G.norm()
-    for _ in range(steps):
-        A = X @ X.T
-        X = a * X + (b * A + c * A @ A) @ X
-    return X
-
-
-def ns_gram_on_the_right(G, steps):  # X^T X: fails on non-square matrices
-    a, b, c = 3.4445, -4.7750, 2.0315
-    X = G / G.norm()
-    for _ in range(steps):
-        A = X.T @ X
-        X = a * X + (b * A + c * A @ A) @ X
-    return X
-
+ROLLOUT_MUTANTS = {
+    "no residual": lambda m: _rollout_variant(m, residual=False),
+    "not renormalised": lambda m: _rollout_variant(m, normalise=False),
+    "wrong order": lambda m: _rollout_variant(m, left=False),
+    "max over heads": lambda m: _rollout_variant(m, fuse="max"),
+    "last layer only": lambda m: _rollout_variant(m[-1:]),
+}
 
 CASES = [
-    (check_warmup_cosine, lr_ref, [lr_no_warmup, lr_decays_to_zero, lr_no_floor]),
-    (check_accumulate_gradients, accum_ref, [accum_no_divide, accum_zero_between, accum_first_only]),
-    (check_clip_grad_norm, clip_ref, [clip_per_tensor, clip_always, clip_returns_after]),
-    (check_power_law_fit, fit_ref, [fit_sign, fit_log10_mixup, fit_two_points]),
-    (check_newton_schulz, ns_ref, [ns_svd, ns_ref_unnormalised, ns_one_step_short, ns_swapped_coefficients,
-                                   ns_gram_on_the_right]),
+    (check_row_entropy, entropy_ref, ENTROPY_MUTANTS),
+    (check_previous_token_score, prev_ref, PREV_MUTANTS),
+    (check_induction_score, induction_ref, INDUCTION_MUTANTS),
+    (check_rollout, rollout_ref, ROLLOUT_MUTANTS),
 ]
 
 
-def test_the_library_newton_schulz_passes_the_checker():
-    assert check_newton_schulz(ns_library).passed
-
-
 test_reference_passes, test_mutant_fails, test_stub_not_done = checker_tests(CASES)
+
+
+def test_messages_name_the_mistake():
+    with pytest.raises(ExerciseFailed, match="NaN"):
+        check_row_entropy(ENTROPY_MUTANTS["0 log 0 = NaN"])
+    with pytest.raises(ExerciseFailed, match="T-1"):
+        check_previous_token_score(PREV_MUTANTS["divides by T"])
+    with pytest.raises(ExerciseFailed, match="PREVIOUS COPY"):
+        check_induction_score(INDUCTION_MUTANTS["duplicate-token key i-P"])
+    with pytest.raises(ExerciseFailed, match="identity"):
+        check_rollout(ROLLOUT_MUTANTS["no residual"])
+    with pytest.raises(ExerciseFailed, match="wrong order"):
+        check_rollout(ROLLOUT_MUTANTS["wrong order"])
+
+
+def test_library_agrees_with_the_checkers():
+    """minigpt.analysis implements the same definitions the exercises teach."""
+    from minigpt import analysis
+
+    assert check_rollout(lambda m: analysis.attention_rollout(m)).passed
+    assert check_previous_token_score(lambda A: analysis.previous_token_score(A)).passed

@@ -1,4 +1,4 @@
-"""Hugging Face helpers for notebook 07: the offline fallback end to end, Trainer, LoRA, perplexity.
+"""Hugging Face helpers for notebook 08: the offline fallback end to end, Trainer, LoRA, perplexity.
 
 No test touches the network: the fallback is forced, and the hub probe is exercised with a patched
 ``urlopen``. The GPT-2 <-> minigpt conversion itself is tested in test_model.py.

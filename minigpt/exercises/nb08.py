@@ -1,197 +1,221 @@
-"""Checkers for notebook 08 (attention analysis).
+"""Checkers for notebook 08 (fine-tuning GPT-2 with Hugging Face).
 
-The references are written here from the definitions (loops over queries,
-``torch.distributions.Categorical`` for entropy), not with :mod:`minigpt.analysis`, so a bug in the
-library cannot hide a bug in an answer.
+References are independent of :mod:`minigpt.hf` and :mod:`minigpt.hf_data`: ``F.cross_entropy``,
+``itertools.chain``, ``peft`` itself for LoRA counts, and transformers' own ``Conv1D`` forward.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
+import torch.nn.functional as F
 
 from ._core import checker, expect
 
-__all__ = [
-    "check_row_entropy",
-    "check_previous_token_score",
-    "check_induction_score",
-    "check_rollout",
-]
+__all__ = ["check_perplexity_from_logits", "check_group_texts", "check_lora_count", "check_conv1d_to_linear"]
 
 
-def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> bool:
-    return a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=tol, rtol=tol)
+# ------------------------------------------------------------------ 08.1 perplexity from logits
 
 
-def _tensor(x, what: str) -> torch.Tensor:
-    if isinstance(x, float | int):
-        x = torch.tensor(float(x))
-    expect(isinstance(x, torch.Tensor), f"{what} should be a torch.Tensor (or a number), got {type(x).__name__}")
-    return x.detach().float()
+def _ref_ppl(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    V = logits.shape[-1]
+    loss = F.cross_entropy(logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1), ignore_index=-100)
+    return math.exp(loss.item())
 
 
-def _scalar(x, what: str) -> float:
-    t = _tensor(x, what)
-    expect(t.numel() == 1, f"{what} is one number per head, got a tensor of shape {tuple(t.shape)}")
-    return float(t.reshape(()))
-
-
-def _random_causal_maps(*shape: int, T: int, seed: int, sharp: float = 2.0) -> torch.Tensor:
-    """Random causal attention maps (..., T, T): softmax of random scores with the future masked."""
-    g = torch.Generator().manual_seed(seed)
-    scores = torch.randn(*shape, T, T, generator=g) * sharp
-    future = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
-    return scores.masked_fill(future, float("-inf")).softmax(-1)
-
-
-@checker("08.1 entropy of attention rows")
-def check_row_entropy(fn) -> None:
-    """fn(A (..., T, T)) -> entropy of every query row in nats, (..., T); 0 log 0 counts as 0."""
-    for shape, T, seed in [((), 5, 0), ((2, 3), 7, 1)]:
-        A = _random_causal_maps(*shape, T=T, seed=seed)
-        got = _tensor(fn(A.clone()), "the row entropies")
-        want = torch.distributions.Categorical(probs=A).entropy()  # (..., T)
+@checker("08.1 perplexity from logits")
+def check_perplexity_from_logits(fn) -> None:
+    """fn(logits (B, T, V), labels (B, T), Hugging Face convention: unshifted, -100 = ignore) -> float."""
+    g = torch.Generator().manual_seed(7)
+    cases = []
+    for B, T, V in [(2, 6, 11), (3, 9, 17)]:
+        logits = torch.randn(B, T, V, generator=g) * 2
+        labels = torch.randint(0, V, (B, T), generator=g)
+        cases.append((logits, labels))
+    masked = cases[1][1].clone()
+    masked[:, :3] = -100  # e.g. a prompt we do not want to score
+    cases.append((cases[1][0], masked))
+    for logits, labels in cases:
+        got = fn(logits.clone(), labels.clone())
+        if isinstance(got, torch.Tensor):
+            expect(got.numel() == 1, f"return one number (the perplexity), got a tensor of shape {tuple(got.shape)}")
+            got = got.item()
+        expect(isinstance(got, (int, float)), f"return a float, got {type(got).__name__}")
+        want = _ref_ppl(logits, labels)
+        B, T, V = logits.shape
+        no_shift = math.exp(F.cross_entropy(logits.reshape(-1, V), labels.reshape(-1), ignore_index=-100).item())
+        loss = math.log(want)
         expect(
-            got.shape == want.shape,
-            f"for maps of shape {tuple(A.shape)} expected one entropy per query row, shape {tuple(want.shape)}; "
-            f"got {tuple(got.shape)}. Sum over the keys (the last dim) only.",
+            not math.isclose(got, loss, rel_tol=1e-4),
+            f"you returned the loss ({loss:.4f}), not the perplexity: perplexity = exp(loss) = {want:.3f}.",
         )
         expect(
-            not torch.isnan(got).any(),
-            "some entropies are NaN: a causal row has zeros for the future keys and 0 * log(0) = 0 * -inf = NaN. "
-            "Clamp the probabilities before the log (p.clamp_min(1e-12).log()) or use torch.special.xlogy.",
+            not math.isclose(got, no_shift, rel_tol=1e-4),
+            "your logits and labels are not shifted: the logits at position t predict the token at t + 1, so "
+            "compare logits[:, :-1] with labels[:, 1:] (Hugging Face models do this shift inside the loss).",
         )
-        expect(not _close(got, -want), "your entropies are negative: H = -sum p log p, mind the minus sign")
-        expect(not _close(got, want / math.log(2)), "these are bits (log base 2); use the natural log for nats")
         expect(
-            _close(got, want, 1e-4),
-            "the entropies do not match H_i = -sum_j A[i, j] ln A[i, j]: sum over keys j for every query row i.",
+            not math.isclose(got, 2**loss, rel_tol=1e-4),
+            "you used 2 ** loss: cross_entropy is in nats (natural log), so perplexity is math.exp(loss).",
         )
-    # hand-made cases: a one-hot row has entropy 0, a uniform row over n keys has ln(n)
-    A = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3]])
-    got = _tensor(fn(A.clone()), "the row entropies")
-    want = torch.tensor([0.0, math.log(2), math.log(3)])
-    expect(_close(got, want, 1e-4), f"for rows one-hot, uniform over 2 and 3 keys expected {want.tolist()}, "
-           f"got {got.tolist()}")
-
-
-def _ref_previous_token(A: torch.Tensor) -> torch.Tensor:
-    T = A.shape[-1]
-    return sum(A[..., i, i - 1] for i in range(1, T)) / (T - 1)
-
-
-@checker("08.2 previous-token score")
-def check_previous_token_score(fn) -> None:
-    """fn(A (T, T)) -> mean of A[i, i-1] over queries i = 1..T-1 (a number or 0-d tensor)."""
-    # a pure previous-token head scores 1
-    T = 6
-    prev = torch.zeros(T, T)
-    prev[0, 0] = 1.0
-    prev[torch.arange(1, T), torch.arange(T - 1)] = 1.0
-    got = _scalar(fn(prev.clone()), "the score")
-    expect(
-        abs(got - (T - 1) / T) > 1e-6,
-        f"a pure previous-token head should score 1 but yours gives {(T - 1) / T:.3f} = (T-1)/T: query 0 has "
-        "no previous token, so average over the T-1 queries 1..T-1 only.",
-    )
-    expect(
-        abs(got) > 1e-6,
-        "a pure previous-token head scores 0 with your code: take A[i, i-1] (one below the diagonal, "
-        "torch.diagonal(A, offset=-1)), not A[i, i+1] (the future, always 0 in a causal map).",
-    )
-    expect(abs(got - 1.0) < 1e-5, f"a pure previous-token head should score exactly 1, got {got:.4f}")
-    eye = torch.eye(T)
-    expect(abs(_scalar(fn(eye), "the score")) < 1e-6,
-           "a head that only attends to itself got a non-zero previous-token score: use the entries A[i, i-1], "
-           "not the diagonal A[i, i]")
-    for seed in (3, 4):
-        A = _random_causal_maps(T=7, seed=seed)
-        got = _scalar(fn(A.clone()), "the score")
-        want = float(_ref_previous_token(A))
-        expect(abs(got - want) < 1e-5,
-               f"on a random causal map expected {want:.4f}, got {got:.4f}: "
-               "average A[i, i-1] over i = 1..T-1")
-
-
-def _ref_induction(A: torch.Tensor, period: int) -> torch.Tensor:
-    return sum(A[i, i - period + 1] for i in range(period, 2 * period)) / period
-
-
-@checker("08.3 induction score")
-def check_induction_score(fn) -> None:
-    """fn(A (2P, 2P), period P) -> mean over i in [P, 2P) of A[i, i - P + 1]."""
-    P = 5
-    T = 2 * P
-    perfect = torch.zeros(T, T)
-    perfect[:P] = torch.tril(torch.ones(P, T)) / torch.arange(1, P + 1).unsqueeze(1)  # first half: uniform
-    for i in range(P, T):
-        perfect[i, i - P + 1] = 1.0
-    got = _scalar(fn(perfect.clone(), P), "the induction score")
-    dup = torch.zeros(T, T)
-    dup[:P] = perfect[:P]
-    for i in range(P, T):
-        dup[i, i - P] = 1.0  # a "duplicate-token" head: attends to the earlier copy of itself
-    got_dup = _scalar(fn(dup.clone(), P), "the induction score")
-    expect(
-        got_dup < 0.5,
-        "a head that attends to the PREVIOUS COPY of the current token (key i - P) scores high with your code. "
-        "An induction head looks one step further, at the token that came NEXT last time: key i - P + 1.",
-    )
-    expect(abs(got - 1.0) < 1e-5,
-           f"a perfect induction head (all weight on key i - P + 1 for every query i in the second half) should "
-           f"score 1, got {got:.4f}. Average over the P queries i = P..2P-1 only.")
-    for seed in (5, 6):
-        A = _random_causal_maps(T=T, seed=seed)
-        got = _scalar(fn(A.clone(), P), "the induction score")
-        want = float(_ref_induction(A, P))
+        if (labels == -100).any():
+            expect(
+                math.isclose(got, want, rel_tol=1e-4),
+                f"with some labels = -100 the perplexity should be {want:.4f}, got {got:.4f}: positions labelled "
+                "-100 must not count (pass ignore_index=-100 to F.cross_entropy).",
+            )
         expect(
-            abs(got - want) < 1e-5,
-            f"on a random causal map expected {want:.4f}, got {got:.4f}: average "
-            "A[i, i - P + 1] over the second half i = P..2P-1 (the first half has nothing to repeat).",
+            math.isclose(got, want, rel_tol=1e-4),
+            f"for logits of shape {tuple(logits.shape)} the perplexity should be {want:.4f}, got {got:.4f}. "
+            "Take the MEAN cross-entropy over all predicted tokens, then exp.",
         )
 
 
-def _ref_rollout(maps: torch.Tensor) -> torch.Tensor:
-    L, nh, T, _ = maps.shape
-    r = torch.eye(T)
-    for layer in range(L):
-        a = sum(maps[layer, h] for h in range(nh)) / nh + torch.eye(T)
-        a = a / a.sum(-1, keepdim=True)
-        r = a @ r  # the new layer acts on what the layers below already mixed
-    return r
+# ------------------------------------------------------------------ 08.2 group_texts
 
 
-@checker("08.4 attention rollout")
-def check_rollout(fn) -> None:
-    """fn(maps (L, nh, T, T)) -> rollout (T, T): mean heads, + I, renormalise rows, multiply bottom-up."""
-    # the hand-worked 2-layer example of the notebook
-    l1 = torch.tensor([[[1.0, 0.0], [0.5, 0.5]], [[1.0, 0.0], [0.0, 1.0]]])
-    l2 = torch.tensor([[[1.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [1.0, 0.0]]])
-    got = _tensor(fn(torch.stack([l1, l2])), "the rollout")
-    want = torch.tensor([[1.0, 0.0], [0.5625, 0.4375]])
-    expect(got.shape == (2, 2), f"the rollout of T=2 tokens is one (T, T) map, got shape {tuple(got.shape)}")
-    expect(
-        _close(got.sum(-1), torch.ones(2)),
-        f"the rollout rows sum to {got.sum(-1).tolist()}, not 1: after adding the identity, divide every row by "
-        "its sum (here by 2) so each layer stays a probability map.",
+def _ref_group(examples: dict, block_size: int) -> dict:
+    out = {}
+    for key, rows in examples.items():
+        flat = list(itertools.chain.from_iterable(rows))
+        n = len(flat) // block_size
+        out[key] = [flat[i * block_size : (i + 1) * block_size] for i in range(n)]
+    out["labels"] = [list(b) for b in out["input_ids"]]
+    return out
+
+
+@checker("08.2 group_texts")
+def check_group_texts(fn) -> None:
+    """fn(examples: dict of lists of token lists, block_size) -> dict with input_ids, attention_mask, labels."""
+    g = torch.Generator().manual_seed(2)
+    for lengths, block in [([3, 5, 2, 7], 4), ([1, 1, 1, 9, 4], 5), ([10], 3)]:
+        ids = [torch.randint(1, 50, (n,), generator=g).tolist() for n in lengths]
+        examples = {"input_ids": ids, "attention_mask": [[1] * n for n in lengths]}
+        snapshot = {k: [list(r) for r in v] for k, v in examples.items()}
+        got = fn(examples, block)
+        want = _ref_group(snapshot, block)
+        expect(isinstance(got, dict), f"return a dict of columns, got {type(got).__name__}")
+        for key in ("input_ids", "attention_mask", "labels"):
+            expect(key in got, f"the result has no {key!r} column; keep every input column and add 'labels'")
+        rows = [list(r) for r in got["input_ids"]]
+        expect(
+            all(len(r) == block for r in rows),
+            f"with rows of lengths {lengths} and block_size={block}, every block must have exactly {block} "
+            f"tokens; yours have lengths {[len(r) for r in rows]}. Drop the short tail instead of padding it "
+            "(GPT-2 has no pad token).",
+        )
+        if len(rows) < len(want["input_ids"]):
+            expect(
+                False,
+                f"you made {len(rows)} blocks but the {sum(lengths)} tokens fill {len(want['input_ids'])}: "
+                "concatenate ALL rows first, then cut, so a block may span several lines.",
+            )
+        expect(
+            len(rows) <= len(want["input_ids"]),
+            f"you made {len(rows)} blocks but {sum(lengths)} tokens fill only {len(want['input_ids'])} full blocks "
+            f"of {block}: the last one was padded. Drop the short tail (GPT-2 has no pad token).",
+        )
+        expect(
+            rows == want["input_ids"],
+            f"the blocks should be the concatenated tokens cut every {block}: expected {want['input_ids']}, got "
+            f"{rows}.",
+        )
+        expect(
+            [list(r) for r in got["attention_mask"]] == want["attention_mask"],
+            "attention_mask must be grouped exactly like input_ids (all ones: nothing is padded).",
+        )
+        labels = [list(r) for r in got["labels"]]
+        expect(
+            labels == want["labels"],
+            "labels must be an exact copy of input_ids: do NOT shift them, the model shifts by one inside its "
+            "loss (shifting here too would make it predict two tokens ahead).",
+        )
+
+
+# ------------------------------------------------------------------ 08.3 LoRA parameter count
+
+
+def _peft_count(n_layer: int, n_embd: int, r: int) -> int:
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(
+        vocab_size=16, n_positions=8, n_layer=n_layer, n_head=2, n_embd=n_embd, bos_token_id=0, eos_token_id=0
     )
-    no_residual = l2.mean(0) @ l1.mean(0)
-    expect(not _close(got, no_residual), "this is the plain product of head-averaged maps: add the identity "
-           "(the residual connection carries each token's own information past the attention) before multiplying")
-    expect(_close(got, want, 1e-4), f"for the two-layer example expected {want.tolist()}, got {got.tolist()}")
-    for seed, (L, nh, T) in [(7, (3, 2, 5)), (8, (2, 4, 6))]:
-        maps = _random_causal_maps(L, nh, T=T, seed=seed, sharp=3.0)
-        got = _tensor(fn(maps.clone()), "the rollout")
-        want = _ref_rollout(maps)
-        expect(got.shape == want.shape, f"expected shape {tuple(want.shape)}, got {tuple(got.shape)}")
-        r_rev = torch.eye(T)
-        for layer in range(L):
-            a = maps[layer].mean(0) + torch.eye(T)
-            r_rev = r_rev @ (a / a.sum(-1, keepdim=True))
-        expect(not _close(got, r_rev, 1e-4) or _close(r_rev, want, 1e-4),
-               "the layers are multiplied in the wrong order: the rollout after layer l is A_l @ R_(l-1) "
-               "(the higher layer on the LEFT), starting from the bottom layer")
-        expect(_close(got, want, 1e-4), "the rollout does not match: for each layer average the heads, add the "
-               "identity, divide each row by its sum, then R = A_layer @ R")
+    model = get_peft_model(
+        GPT2LMHeadModel(cfg),
+        LoraConfig(r=r, lora_alpha=2 * r, target_modules=["c_attn"], fan_in_fan_out=True, task_type="CAUSAL_LM"),
+    )
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@checker("08.3 LoRA parameter count")
+def check_lora_count(fn) -> None:
+    """fn(n_layer, n_embd, r) -> trainable parameters LoRA adds on GPT-2's c_attn (C -> 3C) in every layer."""
+    cases = [(n_layer, n_embd, r, _peft_count(n_layer, n_embd, r)) for n_layer, n_embd, r in [(1, 8, 2), (3, 16, 4)]]
+    cases.append((12, 768, 8, 294_912))  # GPT-2 small, r=8: what peft's print_trainable_parameters reports
+    for n_layer, C, r, want in cases:
+        got = fn(n_layer, C, r)
+        expect(isinstance(got, int), f"return an int, got {type(got).__name__}")
+        if got == want:
+            continue
+        expect(got != n_layer * C * 3 * C, "that is the size of the full c_attn weights: LoRA trains A and B instead.")
+        expect(
+            got != r * (C + 3 * C),
+            f"{got} is the count for ONE layer; GPT-2 has a c_attn in each of its {n_layer} layers.",
+        )
+        expect(
+            got != n_layer * r * (C + C),
+            "c_attn maps C to 3C (query, key and value at once), so B has shape (r, 3C), not (r, C).",
+        )
+        expect(
+            False,
+            f"for n_layer={n_layer}, n_embd={C}, r={r} LoRA adds {want:,} trainable parameters, you said {got:,}. "
+            "Per layer: A is (C, r) and B is (r, 3C).",
+        )
+
+
+# ------------------------------------------------------------------ 08.4 Conv1D -> Linear
+
+
+@checker("08.4 Conv1D to Linear")
+def check_conv1d_to_linear(fn) -> None:
+    """fn(conv: transformers Conv1D) -> nn.Linear computing the same function."""
+    from transformers.pytorch_utils import Conv1D
+
+    g = torch.Generator().manual_seed(4)
+    for nx, nf in [(6, 6), (4, 12)]:  # square first: a missing transpose does not crash there
+        conv = Conv1D(nf, nx)
+        with torch.no_grad():
+            conv.weight.copy_(torch.randn(nx, nf, generator=g))
+            conv.bias.copy_(torch.randn(nf, generator=g))
+        x = torch.randn(2, 3, nx, generator=g)
+        want = conv(x)
+        lin = fn(conv)
+        expect(isinstance(lin, torch.nn.Linear), f"return a torch.nn.Linear, got {type(lin).__name__}")
+        expect(
+            tuple(lin.weight.shape) == (nf, nx),
+            f"nn.Linear({nx}, {nf}) stores its weight as (out, in) = {(nf, nx)}, yours is "
+            f"{tuple(lin.weight.shape)}. Conv1D stores (in, out): transpose it.",
+        )
+        expect(lin.bias is not None, "the Linear has no bias, but Conv1D adds one: create it with bias=True")
+        with torch.no_grad():
+            got = lin(x)
+            no_bias = x @ conv.weight
+        expect(
+            not torch.allclose(got, no_bias, atol=1e-5) or torch.allclose(conv.bias, torch.zeros(nf)),
+            "the outputs miss the bias: copy conv.bias into linear.bias.",
+        )
+        expect(
+            torch.allclose(got, want, atol=1e-5),
+            f"for a Conv1D({nf}, {nx}) your Linear gives different outputs (max diff "
+            f"{(got - want).abs().max():.3g}). Linear computes x @ W.T + b and Conv1D computes x @ W + b, so "
+            "linear.weight must be its transpose, conv.weight.T.",
+        )
+        expect(
+            lin.weight.data_ptr() != conv.weight.data_ptr(),
+            "your Linear shares memory with the Conv1D; copy the weights (.clone()) so the two stay independent.",
+        )

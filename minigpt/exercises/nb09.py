@@ -1,192 +1,197 @@
-"""Checkers for notebook 09 (training at scale).
+"""Checkers for notebook 09 (attention analysis).
 
-References are independent of the student's code: the warmup-cosine schedule written out from its
-formula with ``math.cos``, full-batch gradients from one backward pass, ``torch.nn.utils.clip_grad_norm_``,
-power laws with known exponents, and Newton-Schulz iterations computed on the singular values of an SVD.
+The references are written here from the definitions (loops over queries,
+``torch.distributions.Categorical`` for entropy), not with :mod:`minigpt.analysis`, so a bug in the
+library cannot hide a bug in an answer.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
-import torch.nn as nn
 
 from ._core import checker, expect
 
-__all__ = ["check_warmup_cosine", "check_accumulate_gradients", "check_clip_grad_norm", "check_power_law_fit",
-           "check_newton_schulz"]
+__all__ = [
+    "check_row_entropy",
+    "check_previous_token_score",
+    "check_induction_score",
+    "check_rollout",
+]
 
 
-# ------------------------------------------------------------------ 09.1 warmup + cosine
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> bool:
+    return a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=tol, rtol=tol)
 
 
-def _reference_lr(step: int, max_lr: float, min_lr: float, warmup: int, total: int) -> float:
-    if step < warmup:
-        return max_lr * (step + 1) / (warmup + 1)
-    if step >= total:
-        return min_lr
-    progress = (step - warmup) / (total - warmup)
-    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (max_lr - min_lr)
+def _tensor(x, what: str) -> torch.Tensor:
+    if isinstance(x, float | int):
+        x = torch.tensor(float(x))
+    expect(isinstance(x, torch.Tensor), f"{what} should be a torch.Tensor (or a number), got {type(x).__name__}")
+    return x.detach().float()
 
 
-@checker("09.1 warmup + cosine schedule")
-def check_warmup_cosine(fn) -> None:
-    """fn(step, max_lr, min_lr, warmup, total) -> float."""
-    for max_lr, min_lr, warmup, total in [(1e-3, 1e-4, 10, 100), (6e-4, 0.0, 0, 50), (3e-3, 3e-4, 25, 60)]:
-        for step in list(range(0, total + 20, 3)) + [warmup, total - 1, total, (warmup + total) // 2]:
-            got = fn(step, max_lr, min_lr, warmup, total)
-            want = _reference_lr(step, max_lr, min_lr, warmup, total)
-            if math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-12):
-                continue
-            if step < warmup:
-                expect(False, f"step {step} is inside the warmup ({warmup} steps): expected {want:.3g} = "
-                              f"max_lr * (step + 1) / (warmup + 1), got {got:.3g}")
-            if step >= total:
-                expect(False, f"after the decay (step {step} >= total {total}) the rate stays at min_lr = {min_lr}, "
-                              f"got {got:.3g}")
-            if step == warmup:
-                expect(False, f"the decay starts at the peak: step {warmup} should give max_lr = {max_lr}, "
-                              f"got {got:.3g}")
-            expect(False, f"step {step}: cosine decay should give {want:.4g} (min_lr + 0.5 (1 + cos(pi * progress)) "
-                          f"(max_lr - min_lr), progress = (step - warmup) / (total - warmup)), got {got:.4g}")
+def _scalar(x, what: str) -> float:
+    t = _tensor(x, what)
+    expect(t.numel() == 1, f"{what} is one number per head, got a tensor of shape {tuple(t.shape)}")
+    return float(t.reshape(()))
 
 
-# ------------------------------------------------------------------ 09.2 gradient accumulation
-
-
-def _toy_model(seed: int) -> nn.Module:
+def _random_causal_maps(*shape: int, T: int, seed: int, sharp: float = 2.0) -> torch.Tensor:
+    """Random causal attention maps (..., T, T): softmax of random scores with the future masked."""
     g = torch.Generator().manual_seed(seed)
-    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    return model
+    scores = torch.randn(*shape, T, T, generator=g) * sharp
+    future = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
+    return scores.masked_fill(future, float("-inf")).softmax(-1)
 
 
-@checker("09.2 gradient accumulation")
-def check_accumulate_gradients(fn) -> None:
-    """fn(model, x, y, n_micro) leaves in p.grad the gradient of the mean loss over the whole batch."""
-    loss_fn = nn.CrossEntropyLoss()
-    for seed, batch, n_micro in [(0, 8, 4), (1, 12, 3), (2, 6, 1)]:
-        g = torch.Generator().manual_seed(seed + 100)
-        x = torch.randn(batch, 6, generator=g)
-        y = torch.randint(0, 3, (batch,), generator=g)
-        ref = _toy_model(seed)
-        loss_fn(ref(x), y).backward()  # the big-batch gradient in one pass
-        student = _toy_model(seed)
-        fn(student, x, y, n_micro)
-        for (name, p), q in zip(student.named_parameters(), ref.parameters()):
-            expect(p.grad is not None, f"parameter {name} has no gradient: call loss.backward() for each micro-batch")
-            if torch.allclose(p.grad, q.grad * n_micro, atol=1e-6) and n_micro > 1:
-                expect(False, f"the gradients are {n_micro}x too large: divide each micro-batch loss by n_micro "
-                              "so the sum of the micro-batch gradients is the mean over the whole batch")
-            expect(torch.allclose(p.grad, q.grad, atol=1e-6),
-                   f"gradient of {name} differs from the big-batch gradient (max diff "
-                   f"{(p.grad - q.grad).abs().max():.2e}). Do not zero the gradients between micro-batches, and "
-                   "use every example exactly once")
+@checker("09.1 entropy of attention rows")
+def check_row_entropy(fn) -> None:
+    """fn(A (..., T, T)) -> entropy of every query row in nats, (..., T); 0 log 0 counts as 0."""
+    for shape, T, seed in [((), 5, 0), ((2, 3), 7, 1)]:
+        A = _random_causal_maps(*shape, T=T, seed=seed)
+        got = _tensor(fn(A.clone()), "the row entropies")
+        want = torch.distributions.Categorical(probs=A).entropy()  # (..., T)
+        expect(
+            got.shape == want.shape,
+            f"for maps of shape {tuple(A.shape)} expected one entropy per query row, shape {tuple(want.shape)}; "
+            f"got {tuple(got.shape)}. Sum over the keys (the last dim) only.",
+        )
+        expect(
+            not torch.isnan(got).any(),
+            "some entropies are NaN: a causal row has zeros for the future keys and 0 * log(0) = 0 * -inf = NaN. "
+            "Clamp the probabilities before the log (p.clamp_min(1e-12).log()) or use torch.special.xlogy.",
+        )
+        expect(not _close(got, -want), "your entropies are negative: H = -sum p log p, mind the minus sign")
+        expect(not _close(got, want / math.log(2)), "these are bits (log base 2); use the natural log for nats")
+        expect(
+            _close(got, want, 1e-4),
+            "the entropies do not match H_i = -sum_j A[i, j] ln A[i, j]: sum over keys j for every query row i.",
+        )
+    # hand-made cases: a one-hot row has entropy 0, a uniform row over n keys has ln(n)
+    A = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3]])
+    got = _tensor(fn(A.clone()), "the row entropies")
+    want = torch.tensor([0.0, math.log(2), math.log(3)])
+    expect(_close(got, want, 1e-4), f"for rows one-hot, uniform over 2 and 3 keys expected {want.tolist()}, "
+           f"got {got.tolist()}")
 
 
-# ------------------------------------------------------------------ 09.3 clip the gradient norm
+def _ref_previous_token(A: torch.Tensor) -> torch.Tensor:
+    T = A.shape[-1]
+    return sum(A[..., i, i - 1] for i in range(1, T)) / (T - 1)
 
 
-@checker("09.3 clip the global gradient norm")
-def check_clip_grad_norm(fn) -> None:
-    """fn(params, max_norm) scales every .grad in place so the global norm is <= max_norm; returns the norm before."""
-    g = torch.Generator().manual_seed(0)
-    for max_norm, scale in [(1.0, 3.0), (0.5, 0.01), (2.0, 10.0)]:
-        grads = [torch.randn(4, 5, generator=g) * scale, torch.randn(7, generator=g) * scale * 3]
-        mine = [nn.Parameter(torch.zeros_like(t)) for t in grads]
-        ref = [nn.Parameter(torch.zeros_like(t)) for t in grads]
-        for p, q, t in zip(mine, ref, grads):
-            p.grad, q.grad = t.clone(), t.clone()
-        total = fn(mine, max_norm)
-        want = torch.nn.utils.clip_grad_norm_(ref, max_norm)
-        expect(total is not None and math.isclose(float(total), float(want), rel_tol=1e-5),
-               f"return the global norm BEFORE clipping, sqrt(sum of all squared gradient entries) = "
-               f"{float(want):.4g}; got {total!r}")
-        for i, (p, q) in enumerate(zip(mine, ref)):
-            if float(want) <= max_norm:
-                expect(torch.allclose(p.grad, q.grad, atol=1e-6),
-                       f"the norm {float(want):.3g} is already below max_norm={max_norm}: leave the gradients alone "
-                       "(clipping only ever scales down)")
-            expect(torch.allclose(p.grad, q.grad, atol=1e-6),
-                   f"gradient {i} is wrong after clipping: scale ALL gradients by the same factor "
-                   "max_norm / total_norm (one global norm, not one per tensor), so the update keeps its direction")
+@checker("09.2 previous-token score")
+def check_previous_token_score(fn) -> None:
+    """fn(A (T, T)) -> mean of A[i, i-1] over queries i = 1..T-1 (a number or 0-d tensor)."""
+    # a pure previous-token head scores 1
+    T = 6
+    prev = torch.zeros(T, T)
+    prev[0, 0] = 1.0
+    prev[torch.arange(1, T), torch.arange(T - 1)] = 1.0
+    got = _scalar(fn(prev.clone()), "the score")
+    expect(
+        abs(got - (T - 1) / T) > 1e-6,
+        f"a pure previous-token head should score 1 but yours gives {(T - 1) / T:.3f} = (T-1)/T: query 0 has "
+        "no previous token, so average over the T-1 queries 1..T-1 only.",
+    )
+    expect(
+        abs(got) > 1e-6,
+        "a pure previous-token head scores 0 with your code: take A[i, i-1] (one below the diagonal, "
+        "torch.diagonal(A, offset=-1)), not A[i, i+1] (the future, always 0 in a causal map).",
+    )
+    expect(abs(got - 1.0) < 1e-5, f"a pure previous-token head should score exactly 1, got {got:.4f}")
+    eye = torch.eye(T)
+    expect(abs(_scalar(fn(eye), "the score")) < 1e-6,
+           "a head that only attends to itself got a non-zero previous-token score: use the entries A[i, i-1], "
+           "not the diagonal A[i, i]")
+    for seed in (3, 4):
+        A = _random_causal_maps(T=7, seed=seed)
+        got = _scalar(fn(A.clone()), "the score")
+        want = float(_ref_previous_token(A))
+        expect(abs(got - want) < 1e-5,
+               f"on a random causal map expected {want:.4f}, got {got:.4f}: "
+               "average A[i, i-1] over i = 1..T-1")
 
 
-# ------------------------------------------------------------------ 09.4 fit a power law
+def _ref_induction(A: torch.Tensor, period: int) -> torch.Tensor:
+    return sum(A[i, i - period + 1] for i in range(period, 2 * period)) / period
 
 
-@checker("09.4 fit a power law")
-def check_power_law_fit(fn) -> None:
-    """fn(N, L) -> (a, b) with L ~ a * N ** (-b), fitted by least squares in log-log space."""
-    g = torch.Generator().manual_seed(0)
-    for a, b in [(12.0, 0.08), (3.5, 0.3), (40.0, 0.05)]:
-        N = torch.logspace(3, 7, 6, dtype=torch.float64)
-        L = a * N ** (-b)
-        got = fn(N.tolist(), L.tolist())
-        expect(isinstance(got, tuple | list) and len(got) == 2, "return a pair (a, b)")
-        ga, gb = float(got[0]), float(got[1])
-        if math.isclose(gb, -b, rel_tol=1e-3):
-            expect(False, f"b has the wrong sign: with L = a * N**(-b) a loss that falls with N has b > 0 "
-                          f"(expected {b}, got {gb})")
-        expect(math.isclose(gb, b, rel_tol=1e-3), f"exponent b: expected {b}, got {gb:.4g}. Fit a straight line to "
-                                                  "(log N, log L): its slope is -b")
-        expect(math.isclose(ga, a, rel_tol=1e-3), f"prefactor a: expected {a}, got {ga:.4g}. The intercept of the "
-                                                  "line is log a, so a = exp(intercept) (same log base as the fit)")
-    # with noise, the answer must be the least-squares line in log space (what np.polyfit gives)
-    N = torch.logspace(3, 6, 8, dtype=torch.float64)
-    L = 5.0 * N ** (-0.1) * torch.exp(0.05 * torch.randn(8, generator=g, dtype=torch.float64))
-    X = torch.stack([torch.ones(8, dtype=torch.float64), N.log()], dim=1)
-    coef = torch.linalg.lstsq(X, L.log().unsqueeze(1)).solution.flatten()
-    ga, gb = (float(v) for v in fn(copy.copy(N.tolist()), copy.copy(L.tolist())))
-    expect(math.isclose(gb, -float(coef[1]), rel_tol=1e-4) and math.isclose(ga, math.exp(float(coef[0])), rel_tol=1e-4),
-           "on noisy points the fit should be ordinary least squares on (log N, log L); fitting L itself (not its "
-           "log) or dropping points gives a different line")
+@checker("09.3 induction score")
+def check_induction_score(fn) -> None:
+    """fn(A (2P, 2P), period P) -> mean over i in [P, 2P) of A[i, i - P + 1]."""
+    P = 5
+    T = 2 * P
+    perfect = torch.zeros(T, T)
+    perfect[:P] = torch.tril(torch.ones(P, T)) / torch.arange(1, P + 1).unsqueeze(1)  # first half: uniform
+    for i in range(P, T):
+        perfect[i, i - P + 1] = 1.0
+    got = _scalar(fn(perfect.clone(), P), "the induction score")
+    dup = torch.zeros(T, T)
+    dup[:P] = perfect[:P]
+    for i in range(P, T):
+        dup[i, i - P] = 1.0  # a "duplicate-token" head: attends to the earlier copy of itself
+    got_dup = _scalar(fn(dup.clone(), P), "the induction score")
+    expect(
+        got_dup < 0.5,
+        "a head that attends to the PREVIOUS COPY of the current token (key i - P) scores high with your code. "
+        "An induction head looks one step further, at the token that came NEXT last time: key i - P + 1.",
+    )
+    expect(abs(got - 1.0) < 1e-5,
+           f"a perfect induction head (all weight on key i - P + 1 for every query i in the second half) should "
+           f"score 1, got {got:.4f}. Average over the P queries i = P..2P-1 only.")
+    for seed in (5, 6):
+        A = _random_causal_maps(T=T, seed=seed)
+        got = _scalar(fn(A.clone(), P), "the induction score")
+        want = float(_ref_induction(A, P))
+        expect(
+            abs(got - want) < 1e-5,
+            f"on a random causal map expected {want:.4f}, got {got:.4f}: average "
+            "A[i, i - P + 1] over the second half i = P..2P-1 (the first half has nothing to repeat).",
+        )
 
 
-# ------------------------------------------------------------------ 09.5 Newton-Schulz orthogonalisation
-
-_NS = (3.4445, -4.7750, 2.0315)
-
-
-def _ns_by_svd(G: torch.Tensor, steps: int, coeffs=_NS, normalise: bool = True) -> torch.Tensor:
-    """What `steps` quintic Newton-Schulz iterations do, computed on the singular values: U p(...p(s)) V^T."""
-    a, b, c = coeffs
-    U, S, Vh = torch.linalg.svd(G, full_matrices=False)
-    s = S / G.norm() if normalise else S
-    for _ in range(steps):
-        s = a * s + b * s**3 + c * s**5
-    return U @ torch.diag(s) @ Vh
+def _ref_rollout(maps: torch.Tensor) -> torch.Tensor:
+    L, nh, T, _ = maps.shape
+    r = torch.eye(T)
+    for layer in range(L):
+        a = sum(maps[layer, h] for h in range(nh)) / nh + torch.eye(T)
+        a = a / a.sum(-1, keepdim=True)
+        r = a @ r  # the new layer acts on what the layers below already mixed
+    return r
 
 
-@checker("09.5 Newton-Schulz orthogonalisation")
-def check_newton_schulz(fn) -> None:
-    """fn(G, steps) -> X: `steps` quintic Newton-Schulz iterations on G / ||G||_F, the same shape as G."""
-    g = torch.Generator().manual_seed(0)
-    for shape, steps in [((6, 10), 5), ((10, 6), 5), ((8, 8), 3), ((5, 12), 1)]:
-        G = torch.randn(shape, generator=g, dtype=torch.float64) * 2.0
-        X = fn(G.clone(), steps)
-        expect(isinstance(X, torch.Tensor) and tuple(X.shape) == shape,
-               f"for G of shape {shape} return a tensor of the same shape, got "
-               f"{tuple(X.shape) if isinstance(X, torch.Tensor) else type(X).__name__}")
-        X = X.to(torch.float64)
-        want = _ns_by_svd(G, steps)
-        if torch.allclose(X, want, atol=1e-6, rtol=1e-5):
-            continue
-        U, _, Vh = torch.linalg.svd(G, full_matrices=False)
-        if torch.allclose(X, U @ Vh, atol=1e-6):
-            expect(False, "that is the exact polar factor U V^T from an SVD; the exercise is the Newton-Schulz "
-                          "iteration, whose singular values land near 1 (about 0.7-1.2), not exactly on it")
-        if not torch.isfinite(X).all() or torch.allclose(X, _ns_by_svd(G, steps, normalise=False), atol=1e-6):
-            expect(False, "divide G by its Frobenius norm G.norm() first: the iteration only maps singular values "
-                          "in (0, 1] towards 1, larger ones blow up")
-        for k in range(1, 8):
-            if k != steps and torch.allclose(X, _ns_by_svd(G, k), atol=1e-6, rtol=1e-5):
-                expect(False, f"you ran {k} iteration(s) where steps={steps} were asked for")
-        expect(False, f"G of shape {shape}, {steps} steps: the result differs from the iteration "
-                      "X <- a X + (b A + c A A) X with A = X X^T and (a, b, c) = (3.4445, -4.7750, 2.0315) "
-                      f"(max difference {(X - want).abs().max():.2e}). Check the coefficients and that A = X X^T "
-                      "multiplies X from the left")
+@checker("09.4 attention rollout")
+def check_rollout(fn) -> None:
+    """fn(maps (L, nh, T, T)) -> rollout (T, T): mean heads, + I, renormalise rows, multiply bottom-up."""
+    # the hand-worked 2-layer example of the notebook
+    l1 = torch.tensor([[[1.0, 0.0], [0.5, 0.5]], [[1.0, 0.0], [0.0, 1.0]]])
+    l2 = torch.tensor([[[1.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [1.0, 0.0]]])
+    got = _tensor(fn(torch.stack([l1, l2])), "the rollout")
+    want = torch.tensor([[1.0, 0.0], [0.5625, 0.4375]])
+    expect(got.shape == (2, 2), f"the rollout of T=2 tokens is one (T, T) map, got shape {tuple(got.shape)}")
+    expect(
+        _close(got.sum(-1), torch.ones(2)),
+        f"the rollout rows sum to {got.sum(-1).tolist()}, not 1: after adding the identity, divide every row by "
+        "its sum (here by 2) so each layer stays a probability map.",
+    )
+    no_residual = l2.mean(0) @ l1.mean(0)
+    expect(not _close(got, no_residual), "this is the plain product of head-averaged maps: add the identity "
+           "(the residual connection carries each token's own information past the attention) before multiplying")
+    expect(_close(got, want, 1e-4), f"for the two-layer example expected {want.tolist()}, got {got.tolist()}")
+    for seed, (L, nh, T) in [(7, (3, 2, 5)), (8, (2, 4, 6))]:
+        maps = _random_causal_maps(L, nh, T=T, seed=seed, sharp=3.0)
+        got = _tensor(fn(maps.clone()), "the rollout")
+        want = _ref_rollout(maps)
+        expect(got.shape == want.shape, f"expected shape {tuple(want.shape)}, got {tuple(got.shape)}")
+        r_rev = torch.eye(T)
+        for layer in range(L):
+            a = maps[layer].mean(0) + torch.eye(T)
+            r_rev = r_rev @ (a / a.sum(-1, keepdim=True))
+        expect(not _close(got, r_rev, 1e-4) or _close(r_rev, want, 1e-4),
+               "the layers are multiplied in the wrong order: the rollout after layer l is A_l @ R_(l-1) "
+               "(the higher layer on the LEFT), starting from the bottom layer")
+        expect(_close(got, want, 1e-4), "the rollout does not match: for each layer average the heads, add the "
+               "identity, divide each row by its sum, then R = A_layer @ R")

@@ -1,133 +1,192 @@
-"""Checkers for notebook 10 (efficient inference and adaptation).
+"""Checkers for notebook 10 (training at scale).
 
-References are independent of the student's code: n-grams counted with ``collections.Counter``,
-the bytes of a real :class:`minigpt.attention.KVCache`, ``F.linear`` on the explicitly merged weight
-W + (alpha / r) B A, and round-trip error bounds of symmetric int8 quantization.
+References are independent of the student's code: the warmup-cosine schedule written out from its
+formula with ``math.cos``, full-batch gradients from one backward pass, ``torch.nn.utils.clip_grad_norm_``,
+power laws with known exponents, and Newton-Schulz iterations computed on the singular values of an SVD.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import copy
+import math
 
 import torch
-import torch.nn.functional as F
+import torch.nn as nn
 
-from ..attention import KVCache
 from ._core import checker, expect
 
-__all__ = ["check_distinct_n", "check_kv_cache_bytes", "check_lora_forward", "check_quantize_int8"]
+__all__ = ["check_warmup_cosine", "check_accumulate_gradients", "check_clip_grad_norm", "check_power_law_fit",
+           "check_newton_schulz"]
 
 
-# ------------------------------------------------------------------ 10.1 distinct-n
+# ------------------------------------------------------------------ 10.1 warmup + cosine
 
 
-def _distinct(tokens: list, n: int) -> float:
-    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
-    return len(Counter(grams)) / len(grams) if grams else 0.0
+def _reference_lr(step: int, max_lr: float, min_lr: float, warmup: int, total: int) -> float:
+    if step < warmup:
+        return max_lr * (step + 1) / (warmup + 1)
+    if step >= total:
+        return min_lr
+    progress = (step - warmup) / (total - warmup)
+    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (max_lr - min_lr)
 
 
-@checker("10.1 distinct-n")
-def check_distinct_n(fn) -> None:
-    """fn(tokens: list, n: int) -> unique n-grams / total n-grams (0.0 when there is no n-gram)."""
-    cases = [
-        ("the cat sat on the mat the cat sat".split(), 1),
-        ("the cat sat on the mat the cat sat".split(), 2),
-        ("a a a a a a".split(), 2),
-        (list("to be or not to be"), 3),
-        ("every word here differs".split(), 2),
-        ("short".split(), 2),
-    ]
-    for tokens, n in cases:
-        want = _distinct(tokens, n)
-        got = fn(list(tokens), n)
-        expect(got is not None, "return a number")
-        if len(tokens) < n:
-            expect(float(got) == 0.0, f"{tokens} has no {n}-gram: return 0.0 (and do not divide by zero)")
+@checker("10.1 warmup + cosine schedule")
+def check_warmup_cosine(fn) -> None:
+    """fn(step, max_lr, min_lr, warmup, total) -> float."""
+    for max_lr, min_lr, warmup, total in [(1e-3, 1e-4, 10, 100), (6e-4, 0.0, 0, 50), (3e-3, 3e-4, 25, 60)]:
+        for step in list(range(0, total + 20, 3)) + [warmup, total - 1, total, (warmup + total) // 2]:
+            got = fn(step, max_lr, min_lr, warmup, total)
+            want = _reference_lr(step, max_lr, min_lr, warmup, total)
+            if math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-12):
+                continue
+            if step < warmup:
+                expect(False, f"step {step} is inside the warmup ({warmup} steps): expected {want:.3g} = "
+                              f"max_lr * (step + 1) / (warmup + 1), got {got:.3g}")
+            if step >= total:
+                expect(False, f"after the decay (step {step} >= total {total}) the rate stays at min_lr = {min_lr}, "
+                              f"got {got:.3g}")
+            if step == warmup:
+                expect(False, f"the decay starts at the peak: step {warmup} should give max_lr = {max_lr}, "
+                              f"got {got:.3g}")
+            expect(False, f"step {step}: cosine decay should give {want:.4g} (min_lr + 0.5 (1 + cos(pi * progress)) "
+                          f"(max_lr - min_lr), progress = (step - warmup) / (total - warmup)), got {got:.4g}")
+
+
+# ------------------------------------------------------------------ 10.2 gradient accumulation
+
+
+def _toy_model(seed: int) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return model
+
+
+@checker("10.2 gradient accumulation")
+def check_accumulate_gradients(fn) -> None:
+    """fn(model, x, y, n_micro) leaves in p.grad the gradient of the mean loss over the whole batch."""
+    loss_fn = nn.CrossEntropyLoss()
+    for seed, batch, n_micro in [(0, 8, 4), (1, 12, 3), (2, 6, 1)]:
+        g = torch.Generator().manual_seed(seed + 100)
+        x = torch.randn(batch, 6, generator=g)
+        y = torch.randint(0, 3, (batch,), generator=g)
+        ref = _toy_model(seed)
+        loss_fn(ref(x), y).backward()  # the big-batch gradient in one pass
+        student = _toy_model(seed)
+        fn(student, x, y, n_micro)
+        for (name, p), q in zip(student.named_parameters(), ref.parameters()):
+            expect(p.grad is not None, f"parameter {name} has no gradient: call loss.backward() for each micro-batch")
+            if torch.allclose(p.grad, q.grad * n_micro, atol=1e-6) and n_micro > 1:
+                expect(False, f"the gradients are {n_micro}x too large: divide each micro-batch loss by n_micro "
+                              "so the sum of the micro-batch gradients is the mean over the whole batch")
+            expect(torch.allclose(p.grad, q.grad, atol=1e-6),
+                   f"gradient of {name} differs from the big-batch gradient (max diff "
+                   f"{(p.grad - q.grad).abs().max():.2e}). Do not zero the gradients between micro-batches, and "
+                   "use every example exactly once")
+
+
+# ------------------------------------------------------------------ 10.3 clip the gradient norm
+
+
+@checker("10.3 clip the global gradient norm")
+def check_clip_grad_norm(fn) -> None:
+    """fn(params, max_norm) scales every .grad in place so the global norm is <= max_norm; returns the norm before."""
+    g = torch.Generator().manual_seed(0)
+    for max_norm, scale in [(1.0, 3.0), (0.5, 0.01), (2.0, 10.0)]:
+        grads = [torch.randn(4, 5, generator=g) * scale, torch.randn(7, generator=g) * scale * 3]
+        mine = [nn.Parameter(torch.zeros_like(t)) for t in grads]
+        ref = [nn.Parameter(torch.zeros_like(t)) for t in grads]
+        for p, q, t in zip(mine, ref, grads):
+            p.grad, q.grad = t.clone(), t.clone()
+        total = fn(mine, max_norm)
+        want = torch.nn.utils.clip_grad_norm_(ref, max_norm)
+        expect(total is not None and math.isclose(float(total), float(want), rel_tol=1e-5),
+               f"return the global norm BEFORE clipping, sqrt(sum of all squared gradient entries) = "
+               f"{float(want):.4g}; got {total!r}")
+        for i, (p, q) in enumerate(zip(mine, ref)):
+            if float(want) <= max_norm:
+                expect(torch.allclose(p.grad, q.grad, atol=1e-6),
+                       f"the norm {float(want):.3g} is already below max_norm={max_norm}: leave the gradients alone "
+                       "(clipping only ever scales down)")
+            expect(torch.allclose(p.grad, q.grad, atol=1e-6),
+                   f"gradient {i} is wrong after clipping: scale ALL gradients by the same factor "
+                   "max_norm / total_norm (one global norm, not one per tensor), so the update keeps its direction")
+
+
+# ------------------------------------------------------------------ 10.4 fit a power law
+
+
+@checker("10.4 fit a power law")
+def check_power_law_fit(fn) -> None:
+    """fn(N, L) -> (a, b) with L ~ a * N ** (-b), fitted by least squares in log-log space."""
+    g = torch.Generator().manual_seed(0)
+    for a, b in [(12.0, 0.08), (3.5, 0.3), (40.0, 0.05)]:
+        N = torch.logspace(3, 7, 6, dtype=torch.float64)
+        L = a * N ** (-b)
+        got = fn(N.tolist(), L.tolist())
+        expect(isinstance(got, tuple | list) and len(got) == 2, "return a pair (a, b)")
+        ga, gb = float(got[0]), float(got[1])
+        if math.isclose(gb, -b, rel_tol=1e-3):
+            expect(False, f"b has the wrong sign: with L = a * N**(-b) a loss that falls with N has b > 0 "
+                          f"(expected {b}, got {gb})")
+        expect(math.isclose(gb, b, rel_tol=1e-3), f"exponent b: expected {b}, got {gb:.4g}. Fit a straight line to "
+                                                  "(log N, log L): its slope is -b")
+        expect(math.isclose(ga, a, rel_tol=1e-3), f"prefactor a: expected {a}, got {ga:.4g}. The intercept of the "
+                                                  "line is log a, so a = exp(intercept) (same log base as the fit)")
+    # with noise, the answer must be the least-squares line in log space (what np.polyfit gives)
+    N = torch.logspace(3, 6, 8, dtype=torch.float64)
+    L = 5.0 * N ** (-0.1) * torch.exp(0.05 * torch.randn(8, generator=g, dtype=torch.float64))
+    X = torch.stack([torch.ones(8, dtype=torch.float64), N.log()], dim=1)
+    coef = torch.linalg.lstsq(X, L.log().unsqueeze(1)).solution.flatten()
+    ga, gb = (float(v) for v in fn(copy.copy(N.tolist()), copy.copy(L.tolist())))
+    expect(math.isclose(gb, -float(coef[1]), rel_tol=1e-4) and math.isclose(ga, math.exp(float(coef[0])), rel_tol=1e-4),
+           "on noisy points the fit should be ordinary least squares on (log N, log L); fitting L itself (not its "
+           "log) or dropping points gives a different line")
+
+
+# ------------------------------------------------------------------ 10.5 Newton-Schulz orthogonalisation
+
+_NS = (3.4445, -4.7750, 2.0315)
+
+
+def _ns_by_svd(G: torch.Tensor, steps: int, coeffs=_NS, normalise: bool = True) -> torch.Tensor:
+    """What `steps` quintic Newton-Schulz iterations do, computed on the singular values: U p(...p(s)) V^T."""
+    a, b, c = coeffs
+    U, S, Vh = torch.linalg.svd(G, full_matrices=False)
+    s = S / G.norm() if normalise else S
+    for _ in range(steps):
+        s = a * s + b * s**3 + c * s**5
+    return U @ torch.diag(s) @ Vh
+
+
+@checker("10.5 Newton-Schulz orthogonalisation")
+def check_newton_schulz(fn) -> None:
+    """fn(G, steps) -> X: `steps` quintic Newton-Schulz iterations on G / ||G||_F, the same shape as G."""
+    g = torch.Generator().manual_seed(0)
+    for shape, steps in [((6, 10), 5), ((10, 6), 5), ((8, 8), 3), ((5, 12), 1)]:
+        G = torch.randn(shape, generator=g, dtype=torch.float64) * 2.0
+        X = fn(G.clone(), steps)
+        expect(isinstance(X, torch.Tensor) and tuple(X.shape) == shape,
+               f"for G of shape {shape} return a tensor of the same shape, got "
+               f"{tuple(X.shape) if isinstance(X, torch.Tensor) else type(X).__name__}")
+        X = X.to(torch.float64)
+        want = _ns_by_svd(G, steps)
+        if torch.allclose(X, want, atol=1e-6, rtol=1e-5):
             continue
-        if n > 1 and abs(float(got) - _distinct(tokens, 1)) < 1e-9 and abs(want - _distinct(tokens, 1)) > 1e-9:
-            expect(False, f"for n={n} count n-grams (tuples of {n} consecutive tokens), not single tokens")
-        expect(abs(float(got) - want) < 1e-9,
-               f"distinct-{n} of {' '.join(map(str, tokens))!r}: expected {want:.4f} = unique {n}-grams / all "
-               f"{len(tokens) - n + 1} {n}-grams, got {float(got):.4f}")
-
-
-# ------------------------------------------------------------------ 10.2 KV-cache size
-
-
-@checker("10.2 KV-cache bytes")
-def check_kv_cache_bytes(fn) -> None:
-    """fn(n_layer, batch, n_head, n_kv_head, seq_len, head_size, bytes_per_value) -> int bytes."""
-    cases = [(2, 1, 4, 4, 16, 8, 4), (3, 2, 8, 2, 10, 16, 4), (4, 3, 6, 1, 7, 4, 2)]
-    for n_layer, B, nh, nkv, T, hs, nbytes in cases:
-        dtype = torch.float32 if nbytes == 4 else torch.float16
-        cache = KVCache(n_layer, B, nkv, T, hs, dtype=dtype)  # what the model really allocates
-        want = cache.nbytes
-        got = fn(n_layer, B, nh, nkv, T, hs, nbytes)
-        expect(got is not None, "return the number of bytes")
-        if int(got) * 2 == want:
-            expect(False, "half the expected size: the cache stores keys AND values (a factor 2)")
-        if nkv != nh and int(got) == want * nh // nkv:
-            expect(False, f"with grouped-query attention only the {nkv} key/value heads are cached, not all {nh} "
-                          "query heads: use n_kv_head")
-        expect(int(got) == want,
-               f"n_layer={n_layer}, batch={B}, n_kv_head={nkv}, seq_len={T}, head_size={hs}, {nbytes} bytes/value: "
-               f"expected {want:,} bytes, got {int(got):,}")
-
-
-# ------------------------------------------------------------------ 10.3 LoRA forward
-
-
-@checker("10.3 LoRA forward")
-def check_lora_forward(fn) -> None:
-    """fn(x (N, in), W (out, in), b (out,), A (r, in), B (out, r), alpha) -> (N, out)."""
-    g = torch.Generator().manual_seed(0)
-    for n_in, n_out, r, alpha in [(8, 6, 2, 4.0), (12, 5, 3, 3.0), (7, 9, 1, 16.0)]:
-        x = torch.randn(4, n_in, generator=g)
-        W = torch.randn(n_out, n_in, generator=g)
-        b = torch.randn(n_out, generator=g)
-        A = torch.randn(r, n_in, generator=g)
-        B = torch.randn(n_out, r, generator=g)
-        want = F.linear(x, W + (alpha / r) * (B @ A), b)  # the merged weight of Hu et al. (2021)
-        got = fn(x, W, b, A, B, alpha)
-        expect(isinstance(got, torch.Tensor) and got.shape == want.shape,
-               f"output must be (N, out) = {tuple(want.shape)}, got {getattr(got, 'shape', type(got))}")
-        if torch.allclose(got, F.linear(x, W + alpha * (B @ A), b), atol=1e-4) and r > 1:
-            expect(False, "the update is scaled by alpha / r, not alpha")
-        if torch.allclose(got, F.linear(x, W + B @ A, b), atol=1e-4) and alpha != r:
-            expect(False, "you forgot the scaling alpha / r of the low-rank update")
-        expect(not torch.allclose(got, F.linear(x, W, b), atol=1e-4), "the output ignores the LoRA update B A")
-        expect(torch.allclose(got, want, atol=1e-4),
-               "output differs from x (W + alpha/r * B A)^T + b: the update is x A^T B^T (A: (r, in), B: (out, r))")
-    # B = 0 (LoRA's initialisation) must give the base layer exactly
-    x, W, b = torch.randn(3, 5, generator=g), torch.randn(4, 5, generator=g), torch.randn(4, generator=g)
-    got = fn(x, W, b, torch.randn(2, 5, generator=g), torch.zeros(4, 2), 8.0)
-    expect(torch.allclose(got, F.linear(x, W, b), atol=1e-6), "with B = 0 the output must equal the base layer")
-
-
-# ------------------------------------------------------------------ 10.4 int8 quantization
-
-
-@checker("10.4 symmetric int8 quantization")
-def check_quantize_int8(fn) -> None:
-    """fn(w (out, in) float) -> (q int8 (out, in), scale float (out, 1)); w ~ q * scale, one scale per row."""
-    g = torch.Generator().manual_seed(0)
-    w = torch.randn(6, 32, generator=g)
-    w[0] *= 100.0  # one row with a much larger range: a single scale for the whole matrix would hurt the rest
-    w[1] *= 0.01
-    w[2, 5] = -w[2].abs().max() * 1.5  # the largest magnitude is negative
-    out = fn(w.clone())
-    expect(isinstance(out, tuple | list) and len(out) == 2, "return a pair (q, scale)")
-    q, scale = out
-    expect(isinstance(q, torch.Tensor) and q.dtype == torch.int8,
-           f"q must be an int8 tensor, got {getattr(q, 'dtype', q)}")
-    expect(q.shape == w.shape, f"q must have the weight's shape {tuple(w.shape)}")
-    scale = torch.as_tensor(scale, dtype=torch.float32)
-    expect(scale.numel() == w.size(0), f"one scale per output row: expected {w.size(0)} scales, got {scale.numel()}")
-    scale = scale.reshape(-1, 1)
-    want_scale = w.abs().amax(dim=1, keepdim=True) / 127
-    expect(torch.allclose(scale, want_scale, rtol=1e-5),
-           "scale of each row must be max|w_row| / 127 (symmetric: the largest magnitude maps to +-127)")
-    expect(int(q.abs().max()) <= 127, "values must stay in [-127, 127] (symmetric range, -128 unused)")
-    err = (q.float() * scale - w).abs()
-    expect(bool((err <= scale / 2 + 1e-6).all()),
-           "round to the nearest integer (torch.round), do not truncate: the error must be at most half a step")
+        U, _, Vh = torch.linalg.svd(G, full_matrices=False)
+        if torch.allclose(X, U @ Vh, atol=1e-6):
+            expect(False, "that is the exact polar factor U V^T from an SVD; the exercise is the Newton-Schulz "
+                          "iteration, whose singular values land near 1 (about 0.7-1.2), not exactly on it")
+        if not torch.isfinite(X).all() or torch.allclose(X, _ns_by_svd(G, steps, normalise=False), atol=1e-6):
+            expect(False, "divide G by its Frobenius norm G.norm() first: the iteration only maps singular values "
+                          "in (0, 1] towards 1, larger ones blow up")
+        for k in range(1, 8):
+            if k != steps and torch.allclose(X, _ns_by_svd(G, k), atol=1e-6, rtol=1e-5):
+                expect(False, f"you ran {k} iteration(s) where steps={steps} were asked for")
+        expect(False, f"G of shape {shape}, {steps} steps: the result differs from the iteration "
+                      "X <- a X + (b A + c A A) X with A = X X^T and (a, b, c) = (3.4445, -4.7750, 2.0315) "
+                      f"(max difference {(X - want).abs().max():.2e}). Check the coefficients and that A = X X^T "
+                      "multiplies X from the left")

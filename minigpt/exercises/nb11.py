@@ -1,130 +1,133 @@
-"""Checkers for notebook 11 (serving a model over HTTP).
+"""Checkers for notebook 11 (efficient inference and adaptation).
 
-The references are written here from the definitions (the SSE wire format, numpy's percentile,
-least-recently-used eviction, retry on 503 only), not taken from :mod:`minigpt.serve`.
+References are independent of the student's code: n-grams counted with ``collections.Counter``,
+the bytes of a real :class:`minigpt.attention.KVCache`, ``F.linear`` on the explicitly merged weight
+W + (alpha / r) B A, and round-trip error bounds of symmetric int8 quantization.
 """
 
 from __future__ import annotations
 
-import json
+from collections import Counter
 
+import torch
+import torch.nn.functional as F
+
+from ..attention import KVCache
 from ._core import checker, expect
 
-__all__ = ["check_parse_sse", "check_percentile", "check_lru_cache", "check_post_with_retry"]
+__all__ = ["check_distinct_n", "check_kv_cache_bytes", "check_lora_forward", "check_quantize_int8"]
 
 
-@checker("11.1 parse server-sent events")
-def check_parse_sse(fn) -> None:
-    """fn(text) -> list of (event, data dict) for every complete 'event:/data:' block."""
+# ------------------------------------------------------------------ 11.1 distinct-n
+
+
+def _distinct(tokens: list, n: int) -> float:
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(Counter(grams)) / len(grams) if grams else 0.0
+
+
+@checker("11.1 distinct-n")
+def check_distinct_n(fn) -> None:
+    """fn(tokens: list, n: int) -> unique n-grams / total n-grams (0.0 when there is no n-gram)."""
     cases = [
-        ('data: {"token": "a"}\n\n', [("message", {"token": "a"})]),
-        ('data: {"token": "a"}\n\ndata: {"token": "b"}\n\n',
-         [("message", {"token": "a"}), ("message", {"token": "b"})]),
-        ('data: {"token": "x"}\n\nevent: done\ndata: {"text": "x"}\n\n',
-         [("message", {"token": "x"}), ("done", {"text": "x"})]),
-        ('event: error\ndata: {"error": "bad"}\n\n', [("error", {"error": "bad"})]),
-        ('data: {"token": "\\n"}\n\n', [("message", {"token": "\n"})]),
-        ("", []),
+        ("the cat sat on the mat the cat sat".split(), 1),
+        ("the cat sat on the mat the cat sat".split(), 2),
+        ("a a a a a a".split(), 2),
+        (list("to be or not to be"), 3),
+        ("every word here differs".split(), 2),
+        ("short".split(), 2),
     ]
-    for text, want in cases:
-        got = fn(text)
-        expect(isinstance(got, list), f"return a list of (event, data) pairs, got {type(got).__name__}")
-        got = [tuple(x) for x in got]
-        if got != want:
-            names_got = [e for e, _ in got]
-            names_want = [e for e, _ in want]
-            expect(names_got == names_want or len(got) != len(want),
-                   f"for {text!r} the event names should be {names_want}, got {names_got}: a block without an "
-                   "'event:' line is a plain 'message'; 'event: done' names the block it is in")
-            expect(len(got) == len(want),
-                   f"for {text!r} expected {len(want)} event(s), got {len(got)}: every block ends with a blank "
-                   "line ('\\n\\n'), and an empty body has no events")
-            expect(False, f"for {text!r} expected {want}, got {got}: parse the JSON after 'data: ' with json.loads")
-    _ = json  # the reference data above is what json.loads gives
+    for tokens, n in cases:
+        want = _distinct(tokens, n)
+        got = fn(list(tokens), n)
+        expect(got is not None, "return a number")
+        if len(tokens) < n:
+            expect(float(got) == 0.0, f"{tokens} has no {n}-gram: return 0.0 (and do not divide by zero)")
+            continue
+        if n > 1 and abs(float(got) - _distinct(tokens, 1)) < 1e-9 and abs(want - _distinct(tokens, 1)) > 1e-9:
+            expect(False, f"for n={n} count n-grams (tuples of {n} consecutive tokens), not single tokens")
+        expect(abs(float(got) - want) < 1e-9,
+               f"distinct-{n} of {' '.join(map(str, tokens))!r}: expected {want:.4f} = unique {n}-grams / all "
+               f"{len(tokens) - n + 1} {n}-grams, got {float(got):.4f}")
 
 
-def _percentile(values: list[float], q: float) -> float:
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+# ------------------------------------------------------------------ 11.2 KV-cache size
 
 
-@checker("11.2 latency percentile")
-def check_percentile(fn) -> None:
-    """fn(values, q) -> the q-th percentile with linear interpolation (numpy.percentile's default)."""
-    cases = [([1.0, 2.0, 3.0, 4.0], 50), ([5.0, 1.0, 4.0, 2.0, 3.0], 50), ([0.1, 0.2, 0.9, 0.3, 5.0], 95),
-             ([3.0], 95), ([10.0, 20.0], 25), ([7.0, 1.0, 3.0], 0), ([7.0, 1.0, 3.0], 100)]
-    for values, q in cases:
-        got = fn(list(values), q)
-        want = _percentile(values, q)
-        if abs(got - want) > 1e-9:
-            expect(fn(sorted(values), q) != want or values == sorted(values),
-                   f"percentile({values}, {q}) should be {want}, got {got}; it is right for sorted input, so sort "
-                   "the values first")
-            expect(False, f"percentile({values}, {q}) should be {want}, got {got}. Position (n - 1) * q / 100 "
-                   "in the sorted values; between two values, interpolate linearly")
+@checker("11.2 KV-cache bytes")
+def check_kv_cache_bytes(fn) -> None:
+    """fn(n_layer, batch, n_head, n_kv_head, seq_len, head_size, bytes_per_value) -> int bytes."""
+    cases = [(2, 1, 4, 4, 16, 8, 4), (3, 2, 8, 2, 10, 16, 4), (4, 3, 6, 1, 7, 4, 2)]
+    for n_layer, B, nh, nkv, T, hs, nbytes in cases:
+        dtype = torch.float32 if nbytes == 4 else torch.float16
+        cache = KVCache(n_layer, B, nkv, T, hs, dtype=dtype)  # what the model really allocates
+        want = cache.nbytes
+        got = fn(n_layer, B, nh, nkv, T, hs, nbytes)
+        expect(got is not None, "return the number of bytes")
+        if int(got) * 2 == want:
+            expect(False, "half the expected size: the cache stores keys AND values (a factor 2)")
+        if nkv != nh and int(got) == want * nh // nkv:
+            expect(False, f"with grouped-query attention only the {nkv} key/value heads are cached, not all {nh} "
+                          "query heads: use n_kv_head")
+        expect(int(got) == want,
+               f"n_layer={n_layer}, batch={B}, n_kv_head={nkv}, seq_len={T}, head_size={hs}, {nbytes} bytes/value: "
+               f"expected {want:,} bytes, got {int(got):,}")
 
 
-@checker("11.3 LRU cache")
-def check_lru_cache(cls) -> None:
-    """cls(capacity) with get(key) -> value or None and put(key, value), evicting the least recently used."""
-    c = cls(2)
-    expect(c.get("a") is None, "get on an empty cache should return None")
-    c.put("a", 1)
-    c.put("b", 2)
-    expect(c.get("a") == 1 and c.get("b") == 2, "put('a', 1) then get('a') should give 1")
-    expect(c.get("a") == 1, "get('a') should give 1")  # order now: b (oldest), a (newest)
-    c.put("c", 3)
-    expect(c.get("a") == 1,
-           "'a' was just read, so it is the most recently used and must survive; evict the least recently USED "
-           "entry (reads count), not the first inserted one")
-    expect(c.get("b") is None, "with capacity 2, adding 'c' must evict 'b', the least recently used entry")
-    expect(c.get("c") == 3, "'c' should be in the cache")
-    c.put("a", 10)  # order now: c (oldest), a -- an update counts as a use
-    c.put("d", 4)  # evicts c
-    expect(c.get("a") is not None, "updating a key with put also makes it the most recently used, so adding 'd' "
-           "must evict 'c', not 'a'")
-    expect(c.get("a") == 10, "put on an existing key should replace its value")
-    expect(c.get("c") is None and c.get("d") == 4, "adding 'd' to a full cache should evict 'c'")
-    big = cls(3)
-    for i in range(10):
-        big.put(i, i)
-    expect([big.get(i) for i in range(10)] == [None] * 7 + [7, 8, 9], "a cache must never hold more than capacity")
+# ------------------------------------------------------------------ 11.3 LoRA forward
 
 
-@checker("11.4 retry on 503")
-def check_post_with_retry(fn) -> None:
-    """fn(send, body, max_tries, sleep) -> (status, data): retry only 503s, waiting 0.1, 0.2, 0.4 ... s."""
+@checker("11.3 LoRA forward")
+def check_lora_forward(fn) -> None:
+    """fn(x (N, in), W (out, in), b (out,), A (r, in), B (out, r), alpha) -> (N, out)."""
+    g = torch.Generator().manual_seed(0)
+    for n_in, n_out, r, alpha in [(8, 6, 2, 4.0), (12, 5, 3, 3.0), (7, 9, 1, 16.0)]:
+        x = torch.randn(4, n_in, generator=g)
+        W = torch.randn(n_out, n_in, generator=g)
+        b = torch.randn(n_out, generator=g)
+        A = torch.randn(r, n_in, generator=g)
+        B = torch.randn(n_out, r, generator=g)
+        want = F.linear(x, W + (alpha / r) * (B @ A), b)  # the merged weight of Hu et al. (2021)
+        got = fn(x, W, b, A, B, alpha)
+        expect(isinstance(got, torch.Tensor) and got.shape == want.shape,
+               f"output must be (N, out) = {tuple(want.shape)}, got {getattr(got, 'shape', type(got))}")
+        if torch.allclose(got, F.linear(x, W + alpha * (B @ A), b), atol=1e-4) and r > 1:
+            expect(False, "the update is scaled by alpha / r, not alpha")
+        if torch.allclose(got, F.linear(x, W + B @ A, b), atol=1e-4) and alpha != r:
+            expect(False, "you forgot the scaling alpha / r of the low-rank update")
+        expect(not torch.allclose(got, F.linear(x, W, b), atol=1e-4), "the output ignores the LoRA update B A")
+        expect(torch.allclose(got, want, atol=1e-4),
+               "output differs from x (W + alpha/r * B A)^T + b: the update is x A^T B^T (A: (r, in), B: (out, r))")
+    # B = 0 (LoRA's initialisation) must give the base layer exactly
+    x, W, b = torch.randn(3, 5, generator=g), torch.randn(4, 5, generator=g), torch.randn(4, generator=g)
+    got = fn(x, W, b, torch.randn(2, 5, generator=g), torch.zeros(4, 2), 8.0)
+    expect(torch.allclose(got, F.linear(x, W, b), atol=1e-6), "with B = 0 the output must equal the base layer")
 
-    def scripted(statuses):
-        calls = []
 
-        def send(body):
-            calls.append(body)
-            status = statuses[min(len(calls) - 1, len(statuses) - 1)]
-            return status, {"n": len(calls)}
+# ------------------------------------------------------------------ 11.4 int8 quantization
 
-        return send, calls
 
-    waits: list[float] = []
-    send, calls = scripted([503, 503, 200])
-    got = fn(send, {"prompt": "a"}, 5, waits.append)
-    expect(tuple(got) == (200, {"n": 3}),
-           f"after two 503s the third try succeeds: expected (200, {{'n': 3}}), got {got}")
-    expect(calls == [{"prompt": "a"}] * 3, "send the same body on every try")
-    expect(waits == [0.1, 0.2], f"wait 0.1 s then 0.2 s (doubling) between tries, got {waits}")
-
-    waits.clear()
-    send, calls = scripted([422])
-    got = fn(send, {"prompt": "a"}, 5, waits.append)
-    expect(len(calls) == 1 and tuple(got)[0] == 422,
-           f"a 422 (bad request) will fail the same way every time: return it at once; you sent it {len(calls)} times")
-
-    waits.clear()
-    send, calls = scripted([503])
-    got = fn(send, {"prompt": "a"}, 4, waits.append)
-    expect(len(calls) == 4, f"with max_tries=4 and a server that stays busy, try exactly 4 times, got {len(calls)}")
-    expect(tuple(got)[0] == 503, "when every try is refused, return the last 503 so the caller can report it")
-    expect(waits == [0.1, 0.2, 0.4], f"no wait after the last try: expected [0.1, 0.2, 0.4], got {waits}")
+@checker("11.4 symmetric int8 quantization")
+def check_quantize_int8(fn) -> None:
+    """fn(w (out, in) float) -> (q int8 (out, in), scale float (out, 1)); w ~ q * scale, one scale per row."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 32, generator=g)
+    w[0] *= 100.0  # one row with a much larger range: a single scale for the whole matrix would hurt the rest
+    w[1] *= 0.01
+    w[2, 5] = -w[2].abs().max() * 1.5  # the largest magnitude is negative
+    out = fn(w.clone())
+    expect(isinstance(out, tuple | list) and len(out) == 2, "return a pair (q, scale)")
+    q, scale = out
+    expect(isinstance(q, torch.Tensor) and q.dtype == torch.int8,
+           f"q must be an int8 tensor, got {getattr(q, 'dtype', q)}")
+    expect(q.shape == w.shape, f"q must have the weight's shape {tuple(w.shape)}")
+    scale = torch.as_tensor(scale, dtype=torch.float32)
+    expect(scale.numel() == w.size(0), f"one scale per output row: expected {w.size(0)} scales, got {scale.numel()}")
+    scale = scale.reshape(-1, 1)
+    want_scale = w.abs().amax(dim=1, keepdim=True) / 127
+    expect(torch.allclose(scale, want_scale, rtol=1e-5),
+           "scale of each row must be max|w_row| / 127 (symmetric: the largest magnitude maps to +-127)")
+    expect(int(q.abs().max()) <= 127, "values must stay in [-127, 127] (symmetric range, -128 unused)")
+    err = (q.float() * scale - w).abs()
+    expect(bool((err <= scale / 2 + 1e-6).all()),
+           "round to the nearest integer (torch.round), do not truncate: the error must be at most half a step")
