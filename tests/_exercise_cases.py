@@ -1,9 +1,13 @@
 """The three tests every exercise checker gets, built from one table of cases.
 
 A case is ``(checker, reference_answer, mutants)``; mutants is a dict {name: wrong answer} or a list of
-wrong-answer functions. The checker must pass the reference, raise ExerciseFailed on every mutant, and
-report "not done" (without raising) for a stub that still raises NotImplementedError.
+wrong-answer functions. A dict value may be ``(wrong_answer, words)``: then the failure message must
+contain ``words`` (a regular expression, case-insensitive), so each mistake is named, not just caught.
+The checker must pass the reference, raise ExerciseFailed on every mutant, and report "not done"
+(without raising) for a stub that still raises NotImplementedError.
 """
+
+import re
 
 import pytest
 
@@ -30,8 +34,11 @@ def checker_tests(cases):
     @pytest.mark.parametrize("check,name,mutant", mutants, ids=[f"{c.__name__}-{n}" for c, n, _ in mutants])
     @pytest.mark.filterwarnings("ignore::UserWarning")
     def test_mutant_fails(check, name, mutant):
-        with pytest.raises(ExerciseFailed):
+        mutant, words = mutant if isinstance(mutant, tuple) else (mutant, None)
+        with pytest.raises(ExerciseFailed) as failure:
             check(mutant)
+        if words is not None:
+            assert re.search(words, str(failure.value), re.IGNORECASE), f"{name}: message {failure.value}"
 
     @pytest.mark.parametrize("check", checks, ids=[c.__name__ for c in checks])
     def test_stub_not_done(check, capsys):

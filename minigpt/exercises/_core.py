@@ -15,14 +15,18 @@ as one JSON line; ``minigpt course grade`` uses that to build its per-student CS
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 import json
 import os
+import sysconfig
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
-__all__ = ["CheckResult", "ExerciseFailed", "checker", "expect", "RESULTS_ENV"]
+__all__ = ["CheckResult", "ExerciseFailed", "checker", "expect", "forbid", "RESULTS_ENV"]
 
 RESULTS_ENV = "MINIGPT_RESULTS_FILE"
 
@@ -54,6 +58,63 @@ def expect(condition: bool, message: str) -> None:
         raise ExerciseFailed(message)
 
 
+# Library code a traceback passes through on its way out of the student's function: quoting one of
+# these lines would point the student at torch's source instead of their own.
+_LIBRARY_DIRS = tuple(
+    str(Path(p).resolve())
+    for p in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platlib"]}
+) + (str(Path(__file__).resolve().parents[1]),)
+
+
+def _student_frame(tb) -> traceback.FrameSummary:
+    """The innermost frame of the traceback that is not library code (the student's line)."""
+    frames = traceback.extract_tb(tb)
+    for frame in reversed(frames):
+        path = str(Path(frame.filename).resolve()) if not frame.filename.startswith("<") else frame.filename
+        if not path.startswith(_LIBRARY_DIRS):
+            return frame
+    return frames[-1]
+
+
+@contextlib.contextmanager
+def forbid(banned: dict[str, str]) -> Iterator[None]:
+    """Make the named callables fail the exercise while the block runs.
+
+    ``banned`` maps a dotted name (``"torch.softmax"``, ``"torch.Tensor.softmax"``) to the message the
+    student sees when their code calls it, e.g. "the task asks you to write softmax yourself". Wrap
+    only the call of the student's function: the checker's own reference may use them freely.
+    """
+    saved = []
+    try:
+        for dotted, message in banned.items():
+            owner_name, attr = dotted.rsplit(".", 1)
+            owner = _resolve(owner_name)
+            saved.append((owner, attr, vars(owner).get(attr)))  # None: inherited, so delete to restore
+            setattr(owner, attr, _banned(dotted, message))
+        yield
+    finally:
+        for owner, attr, original in reversed(saved):
+            if original is None:
+                delattr(owner, attr)
+            else:
+                setattr(owner, attr, original)
+
+
+def _resolve(dotted: str):
+    module_name, _, rest = dotted.partition(".")
+    obj = importlib.import_module(module_name)
+    for part in rest.split(".") if rest else []:
+        obj = getattr(obj, part) if hasattr(obj, part) else importlib.import_module(f"{obj.__name__}.{part}")
+    return obj
+
+
+def _banned(name: str, message: str) -> Callable:
+    def refuse(*args, **kwargs):
+        raise ExerciseFailed(f"your code calls {name}: {message}")
+
+    return refuse
+
+
 def _record(result: CheckResult) -> None:
     path = os.environ.get(RESULTS_ENV)
     if path:
@@ -83,8 +144,8 @@ def checker(exercise: str) -> Callable:
                 _record(result)
                 raise ExerciseFailed(f"Exercise {exercise}: {e}") from None
             except Exception as e:  # the student's code crashed: say where
-                tb = traceback.extract_tb(e.__traceback__)[-1]
-                msg = f"your code raised {type(e).__name__}: {e} (line {tb.lineno}: {tb.line!s})"
+                frame = _student_frame(e.__traceback__)
+                msg = f"your code raised {type(e).__name__}: {e} (line {frame.lineno}: {frame.line!s})"
                 result = CheckResult(exercise, "failed", msg)
                 _record(result)
                 raise ExerciseFailed(f"Exercise {exercise}: {msg}") from e
