@@ -19,7 +19,15 @@ def stub(*args, **kwargs):
 
 
 def _named(mutants) -> dict:
-    return mutants if isinstance(mutants, dict) else {m.__name__: m for m in mutants}
+    """{label: mutant}; a list is labelled by function name, and two mutants may not share a label
+    (a list of lambdas would otherwise collapse into one '<lambda>' and test only the last)."""
+    if isinstance(mutants, dict):
+        return mutants
+    names = [m.__name__ for m in mutants]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"mutants share the label(s) {duplicates}: give them names in a dict")
+    return dict(zip(names, mutants, strict=True))
 
 
 def checker_tests(cases):
