@@ -113,7 +113,8 @@ def check_warmup_cosine(fn) -> None:
             expect(False, f"after the decay (step {s} >= total {total}) the rate stays at min_lr = {min_lr}, "
                           f"got {got[s]:.4g}")
         if s == warmup:
-            expect(False, f"the decay starts at the peak: step {warmup} should give max_lr = {max_lr}, got {got[s]:.4g}")
+            expect(False, f"the decay starts at the peak: step {warmup} should give max_lr = {max_lr}, "
+                          f"got {got[s]:.4g}")
         expect(False, f"step {s}: cosine decay should give {want[s]:.4g} (min_lr + 0.5 (1 + cos(pi * progress)) "
                       f"(max_lr - min_lr), progress = (step - warmup) / (total - warmup)), got {got[s]:.4g}")
 
@@ -155,9 +156,9 @@ def check_accumulate_gradients(fn) -> None:
         student = _toy_model(seed)
         before = [p.detach().clone() for p in student.parameters()]
         rows, backwards = [], []
-        student.register_forward_pre_hook(lambda m, inp: rows.append(inp[0].shape[0]))
+        student.register_forward_pre_hook(lambda m, inp, rows=rows: rows.append(inp[0].shape[0]))
         first = next(student.parameters())
-        first.register_hook(lambda grad: backwards.append(1))
+        first.register_hook(lambda grad, backwards=backwards: backwards.append(1))
         fn(student, x.clone(), y.clone(), n_micro)
         got = [p.grad for p in student.parameters()]
         size = batch // n_micro
@@ -190,11 +191,13 @@ def check_accumulate_gradients(fn) -> None:
                    "of the micro-batch gradients is the mean over the whole batch")
             expect(not _same(got, _grads_of(seed, pieces, 1.0 / n_micro, zero_between=True)),
                    "only the last micro-batch's gradient is left: you zeroed the gradients between micro-batches; "
-                   "backward() adds into p.grad, so zero once before the loop (they start at zero here) and never inside it")
+                   "backward() adds into p.grad, so zero once before the loop (they start at zero here) and never "
+                   "inside it")
             expect(not _same(got, _grads_of(seed, pieces, 1.0, zero_between=True)),
                    "only the last micro-batch's gradient is left (and not divided by n_micro): do not zero the "
                    "gradients inside the loop, and divide each micro-batch loss by n_micro")
-            expect(not _same(got, _grads_of(seed, pieces[:1], 1.0)) and not _same(got, _grads_of(seed, pieces[:1], 1.0 / n_micro)),
+            first_only = [_grads_of(seed, pieces[:1], k) for k in (1.0, 1.0 / n_micro)]
+            expect(not any(_same(got, f) for f in first_only),
                    "your gradient is the first micro-batch's only: loop over all n_micro micro-batches")
             expect(not _same(got, _grads_of(seed, pieces, 1.0 / batch)),
                    f"you divided each micro-batch loss by the batch size {batch}; the loss is already a mean over "
@@ -283,7 +286,8 @@ def check_clip_grad_norm(fn) -> None:
         try:
             total_f = float(total)
         except (TypeError, ValueError):
-            raise ExerciseFailed(f"return the global norm as a number or a 0-d tensor, got {type(total).__name__}") from None
+            raise ExerciseFailed("return the global norm as a number or a 0-d tensor, "
+                                 f"got {type(total).__name__}") from None
         squares = sum(float((t**2).sum()) for t in live)
         if not math.isclose(total_f, want_total, rel_tol=1e-5, abs_tol=1e-12):
             if math.isclose(total_f, squares, rel_tol=1e-5) and squares > 0:
@@ -296,7 +300,8 @@ def check_clip_grad_norm(fn) -> None:
                 expect(False, f"you returned the norm AFTER clipping ({total_f:.4g}); return the norm before "
                               f"clipping ({want_total:.4g}), which is what the training loop logs")
             if math.isclose(total_f, math.sqrt(sum(float((w**2).sum()) for w in weights)), rel_tol=1e-5):
-                expect(False, "you measured the norm of the weights (p or p.data); clipping is about the gradients p.grad")
+                expect(False, "you measured the norm of the weights (p or p.data); clipping is about the "
+                              "gradients p.grad")
             if math.isclose(total_f, float(max_norm), rel_tol=1e-6):
                 expect(False, "return the norm before clipping, not max_norm")
             expect(False, f"return the global norm BEFORE clipping, sqrt(sum of all squared gradient entries) = "
@@ -342,7 +347,8 @@ def _fit_mistakes(N, L):
     s, i = _line(np.log(N), np.log(L))
     s10, i10 = _line(np.log10(N), np.log10(L))
     out = [
-        ((math.exp(i), s), "b has the wrong sign: with L = a * N**(-b) a loss that falls with N has b > 0, so b = -slope"),
+        ((math.exp(i), s),
+         "b has the wrong sign: with L = a * N**(-b) a loss that falls with N has b > 0, so b = -slope"),
         ((-s, math.exp(i)), "you returned (b, a); return the pair in the order (a, b)"),
         ((i, -s), "a is exp(intercept): the intercept of the line through (log N, log L) is log a"),
         ((math.exp(i10), -s10), "you fitted in log10 but undid it with exp: with log10 use a = 10 ** intercept "
@@ -430,7 +436,8 @@ def check_newton_schulz(fn) -> None:
         if tuple(X.shape) == shape[::-1] and shape[0] != shape[1]:
             expect(False, f"for G of shape {shape} you returned shape {tuple(X.shape)}: if you transpose a tall "
                           "matrix to iterate on its short side, transpose the result back")
-        expect(tuple(X.shape) == shape, f"for G of shape {shape} return a tensor of the same shape, got {tuple(X.shape)}")
+        expect(tuple(X.shape) == shape,
+               f"for G of shape {shape} return a tensor of the same shape, got {tuple(X.shape)}")
         expect(torch.equal(G_in, G), "do not modify G in place: work on X = G / G.norm()")
         X = X.to(torch.float64)
         want = _ns_by_svd(G, steps)

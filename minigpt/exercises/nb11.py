@@ -39,10 +39,12 @@ def _distinct_mistakes(tokens: list, n: int) -> list:
     counts = Counter(grams)
     out = []
     if n > 1:
-        out.append((_distinct(tokens, 1), f"for n={n} count n-grams (tuples of {n} consecutive tokens), not single tokens"))
+        out.append((_distinct(tokens, 1),
+                    f"for n={n} count n-grams (tuples of {n} consecutive tokens), not single tokens"))
         out.append((_distinct(tokens, 2) if n != 2 else None,
                     f"you counted pairs whatever n is; for n={n} an n-gram is {n} consecutive tokens, tokens[i:i + n]"))
-        out.append((len(counts) / len(tokens), f"divide by the number of {n}-grams, len(tokens) - n + 1 = {len(grams)}, "
+        out.append((len(counts) / len(tokens),
+                    f"divide by the number of {n}-grams, len(tokens) - n + 1 = {len(grams)}, "
                                                f"not by the number of tokens {len(tokens)}"))
         joined = ["".join(map(str, g)) for g in grams]
         out.append((len(set(joined)) / len(grams), "you glued each n-gram into one string without a separator, so "
@@ -50,12 +52,14 @@ def _distinct_mistakes(tokens: list, n: int) -> list:
                                                    "use tuples, tuple(tokens[i:i + n])"))
     short = _grams(tokens, n)[:-1]
     if short:
-        out.append((len(set(short)) / len(short), f"you missed the last {n}-gram: there are len(tokens) - n + 1 of them, "
+        out.append((len(set(short)) / len(short),
+                    f"you missed the last {n}-gram: there are len(tokens) - n + 1 of them, "
                                                   "range(len(tokens) - n + 1)"))
     out.append((sum(1 for c in counts.values() if c == 1) / len(grams),
                 "'unique' means distinct: count every different n-gram once (len(set(grams))), not only the ones "
                 "that occur exactly once"))
-    out.append((len(grams) / len(counts), "you divided the other way round: distinct-n = unique n-grams / all n-grams (at most 1)"))
+    out.append((len(grams) / len(counts),
+                "you divided the other way round: distinct-n = unique n-grams / all n-grams (at most 1)"))
     out.append((float(len(counts)), "return the ratio unique / all n-grams, not the count of unique n-grams"))
     return out
 
@@ -113,7 +117,8 @@ def check_kv_cache_bytes(fn) -> None:
         got = float(got)
         if got == want:
             continue
-        where = f"n_layer={n_layer}, batch={B}, n_head={nh}, n_kv_head={nkv}, seq_len={T}, head_size={hs}, {nbytes} bytes/value"
+        where = (f"n_layer={n_layer}, batch={B}, n_head={nh}, n_kv_head={nkv}, seq_len={T}, head_size={hs}, "
+                 f"{nbytes} bytes/value")
         mistakes = [
             (want / 2, "half the expected size: the cache stores keys AND values (a factor 2)"),
             (want * nh / nkv, f"with grouped-query attention only the {nkv} key/value heads are cached, not all {nh} "
@@ -194,7 +199,8 @@ def check_lora_forward(fn) -> None:
             (F.linear(x, W) + (alpha / r) * upd, "you dropped the bias b of the frozen layer"),
             (F.linear(x, W, b) + (alpha / r) * upd + b, "you added the bias twice (once in the base layer, once more "
                                                         "with the update); the update has no bias"),
-            ((alpha / r) * (F.linear(x, W, b) + upd), "only the low-rank update is scaled by alpha / r, not the frozen layer"),
+            ((alpha / r) * (F.linear(x, W, b) + upd),
+             "only the low-rank update is scaled by alpha / r, not the frozen layer"),
         ]
         for value, message in mistakes:
             if torch.allclose(got, value, atol=1e-4) and not torch.allclose(value, want, atol=1e-4):
@@ -258,7 +264,8 @@ def check_quantize_int8(fn) -> None:
            "scale of each row must be max|w_row| / 127 (symmetric: the largest magnitude maps to +-127)")
     expect(int(q.abs().max()) <= 127, "values must stay in [-127, 127] (symmetric range, -128 unused)")
     err = (q.float() * scale - w).abs()
-    if torch.equal(q, torch.trunc(w / scale).to(torch.int8)) and not torch.equal(q, torch.round(w / scale).to(torch.int8)):
+    truncated, rounded = torch.trunc(w / scale).to(torch.int8), torch.round(w / scale).to(torch.int8)
+    if torch.equal(q, truncated) and not torch.equal(q, rounded):
         expect(False, "round to the nearest integer (torch.round) before .to(torch.int8): the conversion alone "
                       "truncates towards zero, which doubles the worst error")
     expect(bool((err <= scale / 2 + 1e-6).all()),
