@@ -263,6 +263,7 @@ CLIP_MUTANTS = {
     "norm_of_weights": (clip_weights_norm, r"norm of the weights"),
     "crashes_on_frozen": (clip_ignores_none, r"grad is None"),
     "zero_division": (clip_float_division, r"all-zero"),
+    "calls_torch": (clip_torch, r"clip_grad_norm_: the exercise is to write the clipping yourself"),
 }
 
 
@@ -355,6 +356,14 @@ def ns_svd(G, steps):
     return U @ Vh
 
 
+def ns_polynomial_on_svd(G, steps):  # the right numbers, by the SVD the iteration exists to avoid
+    U, S, Vh = torch.linalg.svd(G, full_matrices=False)
+    s = S / G.norm()
+    for _ in range(steps):
+        s = 3.4445 * s - 4.7750 * s**3 + 2.0315 * s**5
+    return U @ torch.diag(s) @ Vh
+
+
 def ns_ref_unnormalised(G, steps):
     a, b, c = 3.4445, -4.7750, 2.0315
     X = G
@@ -422,7 +431,8 @@ def ns_in_place(G, steps):
 
 
 NS_MUTANTS = {
-    "exact_svd": (ns_svd, r"exact polar factor"),
+    "exact_svd": (ns_svd, r"torch.linalg.svd.*matrix products only"),
+    "polynomial_on_svd": (ns_polynomial_on_svd, r"matrix products only"),
     "unnormalised": (ns_ref_unnormalised, r"Frobenius norm"),
     "one_step_short": (ns_one_step_short, r"iteration\(s\) where steps="),
     "swapped_coefficients": (ns_swapped_coefficients, r"singular values are wrong.*coefficients"),
@@ -446,7 +456,7 @@ CASES = [
 
 def test_other_correct_answers_pass():
     for check, answer in [(check_warmup_cosine, lr_hand), (check_accumulate_gradients, accum_split_by_size_right),
-                          (check_clip_grad_norm, clip_torch), (check_power_law_fit, fit_by_hand),
+                          (check_power_law_fit, fit_by_hand),
                           (check_newton_schulz, ns_library), (check_newton_schulz, ns_right_side)]:
         assert check(answer).passed, answer.__name__
 

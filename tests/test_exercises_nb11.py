@@ -149,6 +149,10 @@ def lora_with(scale=None, bias="once"):
     return fwd
 
 
+def lora_rank_from_wrong_axis(x, W, b, A, B, alpha):
+    return F.linear(x, W, b) + (alpha / A.shape[1]) * F.linear(F.linear(x, A), B)
+
+
 def lora_scales_everything(x, W, b, A, B, alpha):
     return (alpha / A.size(0)) * (F.linear(x, W, b) + F.linear(F.linear(x, A), B))
 
@@ -166,6 +170,7 @@ LORA_MUTANTS = {
     "drops_bias": (lora_with(bias="none"), r"dropped the bias"),
     "bias_twice": (lora_with(bias="twice"), r"bias twice"),
     "scales_base_too": (lora_scales_everything, r"only the low-rank update is scaled"),
+    "rank_from_wrong_axis": (lora_rank_from_wrong_axis, r"A.shape\[0\]"),
 }
 
 
@@ -220,6 +225,11 @@ def quant_inverse_scale(w):
     return torch.round(w * inv).clamp(-127, 127).to(torch.int8), inv
 
 
+def quant_multiplies(w):
+    scale = w.abs().amax(dim=1, keepdim=True) / 127
+    return torch.round(w * scale).clamp(-127, 127).to(torch.int8), scale
+
+
 def quant_in_place(w):
     scale = w.abs().amax(dim=1, keepdim=True) / 127
     w /= scale
@@ -237,6 +247,7 @@ QUANT_MUTANTS = {
     "q_not_int8": (quant_float_q, r"int8 tensor"),
     "inverse_scale": (quant_inverse_scale, r"inverse"),
     "modifies_w_in_place": (quant_in_place, r"in place"),
+    "multiplies_by_scale": (quant_multiplies, r"divide by the scale"),
 }
 
 

@@ -9,12 +9,13 @@ Each checker also computes what the common mistakes would give, so a wrong answe
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from ._core import ExerciseFailed, checker, expect
+from ._core import ExerciseFailed, checker, expect, forbid
 
 __all__ = ["check_warmup_cosine", "check_accumulate_gradients", "check_clip_grad_norm", "check_power_law_fit",
            "check_newton_schulz"]
@@ -93,7 +94,7 @@ def check_warmup_cosine(fn) -> None:
         steps = sorted(set(range(0, total + 20)))
         got = {s: fn(s, *args) for s in steps}
         for s, v in got.items():
-            expect(isinstance(v, int | float) or (isinstance(v, torch.Tensor) and v.numel() == 1),
+            expect(isinstance(v, numbers.Real) or (isinstance(v, torch.Tensor) and v.numel() == 1),
                    f"return the learning rate as a number, got {type(v).__name__} at step {s}")
         got = {s: float(v) for s, v in got.items()}
         want = {s: _reference_lr(s, *args) for s in steps}
@@ -239,6 +240,12 @@ def _clipped(grads, max_norm, *, eps=1e-6, per_tensor=False):
     return out
 
 
+_WRITE_IT = "the exercise is to write the clipping yourself (torch's function is the checker's reference)"
+_TORCH_CLIP = {f"torch.nn.utils.{name}": _WRITE_IT
+               for name in ("clip_grad_norm_", "clip_grad_norm", "get_total_norm", "clip_grads_with_norm_")
+               if hasattr(torch.nn.utils, name)}
+
+
 @checker("10.3 clip the global gradient norm")
 def check_clip_grad_norm(fn) -> None:
     """fn(params, max_norm) scales every .grad in place so the global norm is <= max_norm; returns the norm before."""
@@ -268,7 +275,8 @@ def check_clip_grad_norm(fn) -> None:
         want_total = float(torch.nn.utils.clip_grad_norm_(ref, max_norm))
         handed = iter(params) if how == "generator" else list(params)
         try:
-            total = fn(handed, max_norm)
+            with forbid(_TORCH_CLIP):
+                total = fn(handed, max_norm)
         except (TypeError, AttributeError) as e:
             if "NoneType" in str(e) and None in grad_list:
                 raise ExerciseFailed("a parameter whose .grad is None (frozen, or not used in the loss) must be "
@@ -424,6 +432,11 @@ def _ns_gram_right(G: torch.Tensor, steps: int) -> torch.Tensor:
     return X
 
 
+_SVD_MSG = ("the exercise is the Newton-Schulz iteration, matrix products only: an SVD is exactly what Muon avoids "
+            "(the checker uses one as its reference)")
+_NO_SVD = {name: _SVD_MSG for name in ("torch.linalg.svd", "torch.svd", "torch.Tensor.svd", "torch.linalg.svdvals")}
+
+
 @checker("10.5 Newton-Schulz orthogonalisation")
 def check_newton_schulz(fn) -> None:
     """fn(G, steps) -> X: `steps` quintic Newton-Schulz iterations on G / ||G||_F, the same shape as G."""
@@ -431,7 +444,8 @@ def check_newton_schulz(fn) -> None:
     for shape, steps in [((8, 8), 3), ((6, 10), 5), ((10, 6), 5), ((5, 12), 1)]:
         G = torch.randn(shape, generator=g, dtype=torch.float64) * 2.0
         G_in = G.clone()
-        X = fn(G_in, steps)
+        with forbid(_NO_SVD):
+            X = fn(G_in, steps)
         expect(isinstance(X, torch.Tensor), f"return a tensor, got {type(X).__name__}")
         if tuple(X.shape) == shape[::-1] and shape[0] != shape[1]:
             expect(False, f"for G of shape {shape} you returned shape {tuple(X.shape)}: if you transpose a tall "

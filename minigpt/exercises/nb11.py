@@ -8,6 +8,7 @@ computes what the common mistakes would give, so a wrong answer is told which on
 
 from __future__ import annotations
 
+import numbers
 from collections import Counter
 
 import torch
@@ -84,7 +85,7 @@ def check_distinct_n(fn) -> None:
             got = fn(list(tokens), n)
         except ZeroDivisionError as e:
             raise ExerciseFailed(f"{tokens} has no {n}-gram: return 0.0 there instead of dividing by zero") from e
-        expect(isinstance(got, int | float), f"return a number (a float), got {type(got).__name__}")
+        expect(isinstance(got, numbers.Real), f"return a number (a float), got {type(got).__name__}")
         if len(tokens) < n or not tokens:
             expect(float(got) == 0.0, f"{tokens} has no {n}-gram: return 0.0")
             continue
@@ -112,7 +113,7 @@ def check_kv_cache_bytes(fn) -> None:
         want = cache.nbytes
         got = fn(n_layer, B, nh, nkv, T, hs, nbytes)
         expect(got is not None, "return the number of bytes")
-        expect(isinstance(got, int | float) or (isinstance(got, torch.Tensor) and got.numel() == 1),
+        expect(isinstance(got, numbers.Real) or (isinstance(got, torch.Tensor) and got.numel() == 1),
                f"return the number of bytes as a number, got {type(got).__name__}")
         got = float(got)
         if got == want:
@@ -170,7 +171,7 @@ def check_lora_forward(fn) -> None:
     """fn(x (N, in), W (out, in), b (out,), A (r, in), B (out, r), alpha) -> (N, out)."""
     g = torch.Generator().manual_seed(0)
     # N, r, in, out all different, so an (out, in) tensor can only be the weight or the update
-    for n_in, n_out, r, alpha in [(8, 6, 2, 4.0), (12, 5, 3, 3.0), (7, 9, 1, 16.0), (10, 7, 4, 4.0)]:
+    for n_in, n_out, r, alpha in [(8, 6, 2, 6.0), (12, 5, 3, 3.0), (7, 9, 1, 16.0), (10, 7, 4, 4.0)]:
         x = torch.randn(4, n_in, generator=g)
         W = torch.randn(n_out, n_in, generator=g)
         b = torch.randn(n_out, generator=g)
@@ -195,6 +196,8 @@ def check_lora_forward(fn) -> None:
             (F.linear(x, W, b) + alpha * upd, "the update is scaled by alpha / r, not alpha"),
             (F.linear(x, W, b) + upd, "you forgot the scaling alpha / r of the low-rank update"),
             (F.linear(x, W, b) + (r / alpha) * upd, "the scale is alpha / r, not r / alpha"),
+            (F.linear(x, W, b) + (alpha / n_in) * upd, "r is the rank, A.shape[0]; you divided alpha by A.shape[1] "
+                                                       "(the input width)"),
             (F.linear(x, W, b), "the output ignores the LoRA update B A x"),
             (F.linear(x, W) + (alpha / r) * upd, "you dropped the bias b of the frozen layer"),
             (F.linear(x, W, b) + (alpha / r) * upd + b, "you added the bias twice (once in the base layer, once more "
@@ -264,9 +267,13 @@ def check_quantize_int8(fn) -> None:
            "scale of each row must be max|w_row| / 127 (symmetric: the largest magnitude maps to +-127)")
     expect(int(q.abs().max()) <= 127, "values must stay in [-127, 127] (symmetric range, -128 unused)")
     err = (q.float() * scale - w).abs()
-    truncated, rounded = torch.trunc(w / scale).to(torch.int8), torch.round(w / scale).to(torch.int8)
-    if torch.equal(q, truncated) and not torch.equal(q, rounded):
+    if bool((err <= scale / 2 + 1e-6).all()):
+        return
+    truncated = torch.trunc(w / scale).clamp(-127, 127).to(torch.int8)
+    if int((q.int() - truncated.int()).abs().max()) == 0:
         expect(False, "round to the nearest integer (torch.round) before .to(torch.int8): the conversion alone "
                       "truncates towards zero, which doubles the worst error")
-    expect(bool((err <= scale / 2 + 1e-6).all()),
-           "round to the nearest integer (torch.round), do not truncate: the error must be at most half a step")
+    if int((q.int() - torch.round(w * scale).clamp(-127, 127).int()).abs().max()) == 0:
+        expect(False, "q = round(w / scale): divide by the scale, do not multiply")
+    expect(False, "q must be round(w / scale) clamped to [-127, 127], so that q * scale is within half a step "
+                  f"(scale / 2) of w; the largest error is {float((err / scale).max()):.2f} steps")

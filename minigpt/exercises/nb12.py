@@ -8,6 +8,7 @@ tries the situations where the common mistakes show and names the mistake it see
 from __future__ import annotations
 
 import json
+import numbers
 
 from ._core import ExerciseFailed, checker, expect
 
@@ -144,7 +145,7 @@ def check_percentile(fn) -> None:
                                  "(0-100), the position is (n - 1) * q / 100") from e
         expect(handed == values, f"your function reordered the caller's list ({values} became {handed}): sort a "
                                  "copy, sorted(values), not values.sort(): a load test keeps its latencies in order")
-        expect(isinstance(got, int | float), f"return a number, got {type(got).__name__}")
+        expect(isinstance(got, numbers.Real), f"return a number, got {type(got).__name__}")
         want = _percentile(values, q)
         if abs(got - want) <= 1e-9:
             continue
