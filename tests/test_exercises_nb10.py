@@ -442,6 +442,7 @@ NS_MUTANTS = {
     "elementwise_square": (ns_elementwise_square, r"A @ A|matrix products"),
     "cubic_iteration": (ns_cubic, r"singular values are wrong"),
     "modifies_G_in_place": (ns_in_place, r"in place"),
+    "bfloat16": (lambda G, steps: ns_ref(G.bfloat16(), steps), r"dtype"),
 }
 
 
