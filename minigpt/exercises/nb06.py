@@ -680,8 +680,9 @@ def check_kv_cache_generation(generate_cached, model_class, config_class) -> Non
                 if T0 + n - 1 <= bs:  # everything fits: one prompt pass, then one token per step
                     expect(sum(t > 1 for t in fed) <= 1 and sum(fed) <= T0 + n,
                            f"({where}) the model received T = {fed} tokens per call: your generation recomputes "
-                           "every key and value at each step. With a cache, run the prompt once, then feed only "
-                           "the new token (T = 1) and attend over the cached keys/values")
+                           "keys and values the cache already holds (the whole sequence at every step, or the prompt "
+                           "twice). With a cache, run the prompt once, then feed only the new token (T = 1) and "
+                           "attend over the cached keys/values")
     finally:
         for h in hooks:
             h.remove()
