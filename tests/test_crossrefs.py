@@ -40,8 +40,9 @@ TOPICS = {
     "08": ["fine-tun", "finetun", "hugging face", "gpt-2", "gpt2", "lora", "trainer"],
     "09": ["attention analysis", "analysing attention", "analyzing attention", "heatmap", "induction", "rollout",
            "attention pattern", "interpretab", "attention weights"],
-    "10": ["at scale", "mixed precision", "bf16", "fp16", "gradient accumulation", "clipping", "learning-rate schedule",
-           "lr schedule", "training techniques", "scaling law", "ddp", "distributed", "muon", "compile", "gradient checkpointing"],
+    "10": ["at scale", "mixed precision", "bf16", "fp16", "gradient accumulation", "clipping",
+           "learning-rate schedule", "lr schedule", "training techniques", "scaling law", "ddp", "distributed", "muon",
+           "compile", "gradient checkpointing"],
     "11": ["efficient inference", "inference", "kv cache", "quantiz", "pruning", "lora", "fused attention",
            "decoding strateg", "adaptation", "top-p"],
     "12": ["serving", "server", "serve", "fastapi", "http", "batching", "streaming", "load test", "backpressure"],
@@ -104,8 +105,9 @@ def problems_in(text: str) -> list[str]:
             for part in re.split(r"[,;:]", topic):
                 owners = _topic_owners(part)
                 if owners and not owners & targets:
+                    topic_text = " ".join(part.split())
                     found.append(
-                        f"'{' '.join(part.split())}' is the topic of notebook {'/'.join(sorted(owners))}, not of notebook "
+                        f"'{topic_text}' is the topic of notebook {'/'.join(sorted(owners))}, not of notebook "
                         f"{'/'.join(sorted(targets))}: ...{context(m.start(), m.end())}..."
                     )
     for m in STEM.finditer(text):
