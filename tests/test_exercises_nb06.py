@@ -35,7 +35,7 @@ def _stub_class(*args, **kwargs):
 
 # ---- 06.1 attention: the reference is the notebook's class; mutants override forward
 def _attention(x, attn, *, causal=True, fill=float("-inf"), scale="hs", proj=True, merge_ok=True, order="qkv",
-               softmax_dim=-1, sdpa=False):
+               softmax_dim=-1, sdpa=False, diagonal=0):
     B, T, C = x.shape
     nh = attn.n_head
     hs = C // nh
@@ -46,7 +46,7 @@ def _attention(x, attn, *, causal=True, fill=float("-inf"), scale="hs", proj=Tru
     else:
         att = q @ k.transpose(-2, -1) / {"hs": math.sqrt(hs), "C": math.sqrt(C), "none": 1.0}[scale]
         if causal:
-            att = att.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), fill)
+            att = att.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(diagonal), fill)
         y = F.softmax(att, dim=softmax_dim) @ v  # (B, nh, T, hs)
     y = y.transpose(1, 2).contiguous().view(B, T, C) if merge_ok else y.reshape(B, T, C)
     return attn.c_proj(y) if proj else y
@@ -70,6 +70,7 @@ ATTENTION_MUTANTS = {
     "softmax over queries": (attention_mutant(softmax_dim=-2), r"dim=-1"),
     "q and k swapped": (attention_mutant(order="kqv"), r"swapped"),
     "uses sdpa": (attention_mutant(sdpa=True), r"scaled_dot_product_attention"),
+    "mask hides the diagonal": (attention_mutant(diagonal=-1), r"see ITSELF"),
 }
 
 
@@ -131,9 +132,13 @@ def lm_mutant(kind):
             for block in t.h:
                 x = block(x)
             logits = self.lm_head(x if kind == "no ln_f" else t.ln_f(x))
+            if kind == "probabilities":
+                logits = F.softmax(logits, dim=-1)
             if targets is None:
                 return logits if kind == "logits only" else (logits, None)
             V = logits.size(-1)
+            if kind == "softmax then cross_entropy":
+                return logits, F.cross_entropy(F.softmax(logits, -1).view(-1, V), targets.view(-1))
             if kind == "sum loss":
                 return logits, F.cross_entropy(logits.view(-1, V), targets.view(-1), reduction="sum")
             if kind == "shifted again":
@@ -153,6 +158,8 @@ LM_MUTANTS = {
     "no final LayerNorm": (lm_mutant("no ln_f"), r"ln_f"),
     "returns logits only": (lm_mutant("logits only"), r"\(logits, loss\)"),
     "summed loss": (lm_mutant("sum loss"), r"SUM"),
+    "softmax before cross_entropy": (lm_mutant("softmax then cross_entropy"), r"softmax before F.cross_entropy"),
+    "returns probabilities": (lm_mutant("probabilities"), r"returned probabilities"),
     "targets shifted again": (lm_mutant("shifted again"), r"shifted the targets again"),
     "loss of the last position only": (lm_mutant("last position only"), r"only the last position"),
 }

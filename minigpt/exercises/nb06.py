@@ -162,6 +162,9 @@ def check_gpt_attention(attn_class, config_class) -> None:
                                             f"{tuple(got.shape)}")
             if _close(got, want):
                 continue
+            expect(not bool(torch.isnan(got).any()),
+                   "your output contains NaN: some query has every key masked, so its softmax is 0/0. A position "
+                   "must be allowed to see ITSELF: keep the diagonal (torch.tril, not tril(diagonal=-1) or triu)")
             for kw, message in _ATTN_MISTAKES:
                 if (kw.get("scale") == "C" and nh == 1) or (kw.get("order") and T == 1):
                     continue  # these mistakes are invisible for one head / one token
@@ -306,6 +309,9 @@ def check_gpt_lm(model_class, config_class) -> None:
             expect(logits.shape == want.shape, f"logits should be (B, T, V) = {tuple(want.shape)}, got "
                                                f"{tuple(logits.shape)}")
             if not _close(logits, want):
+                expect(not _close(logits, F.softmax(want, dim=-1)),
+                       "you returned probabilities; forward returns the raw logits (lm_head's output), and "
+                       "F.cross_entropy applies the log-softmax itself")
                 expect(not _close(logits, _lm_variant(lib, idx, pos="none")),
                        "the position embedding is missing: x = wte(idx) + wpe(torch.arange(T))")
                 expect(not _close(logits, _lm_variant(lib, idx, pos="tokens")),
@@ -334,6 +340,9 @@ def check_gpt_lm(model_class, config_class) -> None:
             expect(not _close(loss, F.cross_entropy(want[:, :-1].reshape(-1, V), targets[:, 1:].reshape(-1))),
                    "you shifted the targets again; get_batch already returns y shifted by one, so logits[:, t] "
                    "is compared with targets[:, t]")
+            expect(not _close(loss, F.cross_entropy(F.softmax(want, -1).reshape(-1, V), targets.reshape(-1))),
+                   "you applied softmax before F.cross_entropy; it takes the raw logits (it applies log-softmax "
+                   "itself, in a numerically stable way)")
             expect(not _close(loss, F.cross_entropy(want[:, -1], targets[:, -1])),
                    "the loss uses only the last position; every position predicts its next token, so average "
                    "over all B * T positions")
@@ -621,7 +630,9 @@ def check_kv_cache_generation(generate_cached, model_class, config_class) -> Non
         a = torch.randint(0, cfg.vocab_size, (2, bs), generator=g)
         b = a.clone()
         b[:, -1] = (b[:, -1] + 1) % cfg.vocab_size
-        assert _close(model(a)[0][:, :-1], model(b)[0][:, :-1]), "the model class itself is not causal"
+        expect(_close(model(a)[0][:, :-1], model(b)[0][:, :-1]),
+               "the GPT class you passed is not causal: changing the last token changed earlier logits, and no cache "
+               "can be exact for such a model. Pass the notebook's GPT (section 5)")
 
     seen: list[int] = []
     hooks = [model.transformer.wte.register_forward_hook(lambda m, inp, out: seen.append(int(inp[0].shape[-1]))),
