@@ -261,6 +261,10 @@ def cache_mutant(kind):
                     logits, cache = forward_cached(model, idx[:, -bs:], [])
                 elif kind == "no offset":
                     logits, cache = _no_offset(model, idx[:, -1:], cache)
+                elif kind == "offset off by one" and S + 2 <= bs:
+                    logits, cache = _shifted(model, idx[:, -1:], cache, 1)
+                elif kind == "cache never grows":
+                    logits, _ = forward_cached(model, idx[:, -1:], cache)
                 elif S + 1 <= bs:
                     logits, cache = forward_cached(model, idx[:, -1:], cache)
                 elif kind == "drop oldest":
@@ -274,6 +278,16 @@ def cache_mutant(kind):
         return idx
 
     return gen
+
+
+def _shifted(model, idx, cache, shift):
+    wpe = model.transformer.wpe
+    saved = wpe.forward
+    wpe.forward = lambda pos: saved(pos + shift)
+    try:
+        return forward_cached(model, idx, cache)
+    finally:
+        del wpe.forward
 
 
 def _no_offset(model, idx, cache):
@@ -321,6 +335,8 @@ CACHE_MUTANTS = {
     "recomputes everything": (cache_mutant("recompute"), r"recomputes\s+keys and values the cache already holds"),
     "forgets the position offset": (cache_mutant("no offset"), r"position offset"),
     "drops the oldest entries past the block size": (cache_mutant("drop oldest"), r"drop the oldest"),
+    "position offset off by one": (cache_mutant("offset off by one"), r"within the block"),
+    "cache never grows (keeps only the prompt)": (cache_mutant("cache never grows"), r"within the block"),
     "re-runs a window one token short": (cache_mutant("window one short"), r"past the block size"),
     "prompt without causal mask": (_leaky_prompt, r"causal mask"),
 }
