@@ -677,9 +677,9 @@ def check_kv_cache_generation(generate_cached, model_class, config_class) -> Non
                     if context <= bs:
                         raise ExerciseFailed(
                             f"({where}) token {s} (predicted from {context} tokens, within the block) differs from "
-                            "uncached greedy decoding: each layer must append the new keys/values to its own "
-                            "cache, the new query must attend to all cached positions, and the prompt itself "
-                            "needs the causal mask")
+                            "uncached greedy decoding. Check: the new token's position is exactly the number of "
+                            "cached positions; each layer appends the new keys/values to its OWN cache; the new "
+                            "query attends to all cached positions; the prompt pass needs the causal mask")
                     raise ExerciseFailed(
                         f"({where}) the tokens agree up to block_size but token {s} (context of {context} tokens, "
                         f"more than block_size={bs}) differs: past the block size your cache is not equivalent to "
