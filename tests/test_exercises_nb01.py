@@ -32,7 +32,7 @@ SCORES_MUTANTS = {
     "no sqrt(d_k)": (lambda q, k: q @ k.transpose(-2, -1), r"without scaling"),
     "divide by d_k": (lambda q, k: q @ k.transpose(-2, -1) / q.size(-1), r"divided by d_k"),
     "k @ q^T (transposed scores)": (lambda q, k: k @ q.transpose(-2, -1) / math.sqrt(q.size(-1)), r"k @ q\^T"),
-    "k.T on a batched tensor": lambda q, k: q @ k.T / math.sqrt(q.size(-1)),
+    "k.T on a batched tensor": (lambda q, k: q @ k.T / math.sqrt(q.size(-1)), r"transpose\(-2, -1\)"),
     "scale by sqrt(T)": (lambda q, k: q @ k.transpose(-2, -1) / math.sqrt(q.size(-2)), r"sequence length"),
     "scale by sqrt(S)": (lambda q, k: q @ k.transpose(-2, -1) / math.sqrt(k.size(-2)), r"sequence length"),
     "scales q in place": (scores_in_place, r"in place"),
@@ -62,8 +62,8 @@ SOFTMAX_MUTANTS = {
     "exp of log_softmax": (lambda x: torch.log_softmax(x, -1).exp(), r"log_softmax"),
     "max without keepdim": (lambda x: torch.exp(x - x.max(-1).values)
                             / torch.exp(x - x.max(-1).values).sum(-1, keepdim=True), r"keepdim"),
-    "sum without keepdim": (lambda x: (torch.exp(x - x.max(-1, keepdim=True).values).mT
-                                       / torch.exp(x - x.max(-1, keepdim=True).values).sum(-1)).mT, r"keepdim"),
+    "sum without keepdim": (lambda x: torch.exp(x - x.max(-1, keepdim=True).values)
+                            / torch.exp(x - x.max(-1, keepdim=True).values).sum(-1), r"keepdim"),
     "global max": (lambda x: torch.exp(x - x.max()) / torch.exp(x - x.max()).sum(-1, keepdim=True), r"GLOBAL"),
     "sums over dim 1": (lambda x: torch.exp(x - x.max(-1, keepdim=True).values)
                         / torch.exp(x - x.max(-1, keepdim=True).values).sum(1, keepdim=True), r"sum to 1|dim=-1"),
@@ -157,7 +157,7 @@ CROSS_MUTANTS = {
     "softmax over queries": (lambda x, c, wq, wk, wv: torch.softmax((x @ wq) @ (c @ wk).mT / math.sqrt(wq.size(1)),
                                                                      -2) @ (c @ wv), r"wrong dimension"),
     "weights transposed (x @ w.T)": (lambda x, c, wq, wk, wv: attention_ref(x @ wq.T, c @ wk.T, c @ wv.T)[0],
-                                     r"raised"),
+                                     r"no \.T"),
 }
 
 CASES = [

@@ -134,7 +134,7 @@ ROTARY_MUTANTS = {
     "adjacent pairs": (rotary_adjacent, r"rotate half"),
     "forgets the x2 * sin term": (lambda x, c, s: torch.cat([x.chunk(2, -1)[0] * c, x.chunk(2, -1)[0] * s
                                                               + x.chunk(2, -1)[1] * c], -1), r"changed length"),
-    "cos and sin swapped": lambda x, c, s: rotary_ref(x, s, c),
+    "cos and sin swapped": (lambda x, c, s: rotary_ref(x, s, c), r"cos and sin are swapped"),
     "halves in the wrong order": (lambda x, c, s: rotary_ref(x, c, s).roll(x.size(-1) // 2, -1), r"wrong order"),
     "x1*cos + x2*sin": (lambda x, c, s: torch.cat([x.chunk(2, -1)[0] * c + x.chunk(2, -1)[1] * s,
                                                     x.chunk(2, -1)[0] * s + x.chunk(2, -1)[1] * c], -1),

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._core import checker, expect, forbid
+from ._core import ExerciseFailed, checker, expect, forbid
 
 __all__ = [
     "check_attention_scores",
@@ -61,7 +61,14 @@ def check_attention_scores(fn) -> None:
     for shape_q, shape_k in [((3, 8), (5, 8)), ((2, 4, 3, 16), (2, 4, 6, 16)), ((1, 4, 9), (1, 7, 9))]:
         q, k = torch.randn(shape_q, generator=g), torch.randn(shape_k, generator=g)
         q_in, k_in = q.clone(), k.clone()
-        got = _tensor(fn(q_in, k_in), "the scores")
+        try:
+            got = _tensor(fn(q_in, k_in), "the scores")
+        except RuntimeError as e:
+            if q.dim() <= 2:
+                raise
+            raise ExerciseFailed(f"for batched q {tuple(q.shape)} and k {tuple(k.shape)} your code fails ({e}). k.T "
+                                 "reverses ALL dimensions of a batched tensor; transpose only the last two: "
+                                 "k.transpose(-2, -1)") from None
         _unchanged(q_in, q, "q")
         _unchanged(k_in, k, "k")
         want = _ref_scores(q, k)
@@ -348,7 +355,13 @@ def check_cross_attention(fn) -> None:
         ctx = torch.randn(B, S, C, generator=g)
         w_q, w_k, w_v = (torch.randn(C, hs, generator=g) / math.sqrt(C) * 3 for _ in range(3))
         args = [x.clone(), ctx.clone(), w_q.clone(), w_k.clone(), w_v.clone()]
-        out = _tensor(fn(*args), "the output")
+        try:
+            out = _tensor(fn(*args), "the output")
+        except RuntimeError as e:
+            if "shapes cannot be multiplied" not in str(e):
+                raise
+            raise ExerciseFailed(f"a matrix product failed ({e}): x and context are (B, T, C) with C={C}, and w_q, "
+                                 f"w_k, w_v are (C, hs) = ({C}, {hs}), so project with x @ w_q (no .T)") from None
         for given, orig, name in zip(args, (x, ctx, w_q, w_k, w_v), ("x", "context", "w_q", "w_k", "w_v")):
             _unchanged(given, orig, name)
         want = _cross(x, ctx, w_q, w_k, w_v)

@@ -196,6 +196,8 @@ def check_apply_rotary(fn) -> None:
                "x1*sin + x2*cos")
         expect(not _close(got, torch.cat([x1 * c + x2 * sn, x1 * sn + x2 * c], -1)),
                "sign error: the first half is x1*cos MINUS x2*sin (a rotation, so the vector keeps its length)")
+        expect(not _close(got, torch.cat([x1 * sn - x2 * c, x1 * c + x2 * sn], -1)),
+               "cos and sin are swapped: the first half is x1*cos - x2*sin, the second x1*sin + x2*cos")
         expect(_close(got[..., 0, :], x[..., 0, :]), "position 0 has angle 0, so it must come out unchanged")
         expect(not _close(got, _ref_rotary(x, -angles)),
                "you rotate by MINUS the angle: first half = x1*cos - x2*sin, second half = x1*sin + x2*cos")

@@ -89,7 +89,10 @@ def check_sequence_accuracy(sequence_accuracy) -> None:
     target = torch.tensor([[3, 4, 5, 6], [7, 8, 9, 3], [4, 4, 5, 5], [6, 7, 8, 9]])
     pred = target.clone()
     pred[1, 2] = 5  # one wrong token: the whole sequence is wrong
-    cases = [(pred, target, 0.75), (target.clone(), target, 1.0), (target.flip(1), target, 0.0)]
+    same_column = target.clone()
+    same_column[:2, 2] = 0  # rows 0 and 1 wrong in the same column: sequence 0.5, token 0.875, column 0.75
+    cases = [(pred, target, 0.75), (same_column, target, 0.5), (target.clone(), target, 1.0),
+             (target.flip(1), target, 0.0)]
     wrong_everywhere = target.clone()
     wrong_everywhere[:, 0] = 0  # every row has one wrong token: token accuracy 0.75, sequence accuracy 0
     cases.append((wrong_everywhere, target, 0.0))
