@@ -44,7 +44,8 @@ def check_sinusoidal(fn) -> None:
         got = fn(T, d)
         want = _ref_pe(T, d)
         expect(isinstance(got, torch.Tensor), f"return a tensor, got {type(got).__name__}")
-        expect(got.shape == (T, d), f"for T={T}, d={d} the table should be (T, d) = {(T, d)}, got {tuple(got.shape)}")
+        expect(got.shape == (T, d), f"for T={T}, d={d} the table should be (T, d) = {(T, d)}, got {tuple(got.shape)}"
+               + (": one row per position, one column per channel" if got.shape == (d, T) else ""))
         expect(got.is_floating_point(), f"the table should hold floats, got dtype {got.dtype}")
         expect(not _close(got, _ref_pe(T, d, swap=True)),
                "sin and cos are swapped: even channels 2i hold the sine, odd channels 2i+1 the cosine "
@@ -53,6 +54,13 @@ def check_sinusoidal(fn) -> None:
         expect(not _close(got, half),
                "you put all sines in the first half and all cosines in the second; minigpt interleaves them: "
                "channel 2i = sin, channel 2i+1 = cos of the same angle")
+        mult = _ref_pe(2, d, exponent=lambda i, d: -2 * i / d)  # row 1 only: later angles are too large to compare
+        expect(not _close(got[1], mult[1], 1e-3),
+               "you multiplied the position by 10000^(2i/d); the angle is p / 10000^(2i/d) (frequencies go DOWN "
+               "from 1 to 1/10000 across the pairs)")
+        shifted = _ref_pe(T + 1, d)[1:]
+        expect(not _close(got, shifted), "your positions start at 1: the first row is position 0 (torch.arange(T)), "
+               "whose angles are all 0")
         expect(not _close(got, _ref_pe(T, d, exponent=lambda i, d: i / d)),
                "wrong frequency exponent: pair i uses 10000^(2i/d), not 10000^(i/d) (the wavelengths should "
                "run from 2*pi up to 10000*2*pi across the d/2 pairs)")
@@ -137,6 +145,11 @@ def check_rotation_matrix(fn) -> None:
             expect(not _close(pe[:40] @ M, pe[k:], 1e-3),
                    f"M.T maps PE(p) to PE(p + {k}), so your matrix is the transpose: with column vectors, "
                    "row 2i of M is [cos b, sin b] and row 2i+1 is [-sin b, cos b]")
+            expect(not _close(M, _ref_rotation(k, d, base=1.0 / 10000.0), 1e-4),
+                   "you multiplied k by 10000^(2i/d); pair i turns by b = k / 10000^(2i/d)")
+            half = torch.block_diag(*[_ref_rotation(k / 10000.0 ** (i / d), 2, base=1.0) for i in range(d // 2)])
+            expect(not _close(M, half, 1e-4), "wrong frequency exponent: pair i turns by k / 10000^(2i/d), not "
+                   "k / 10000^(i/d)")
             same = torch.block_diag(*[_ref_rotation(k, 2, base=1.0)] * (d // 2))
             expect(not _close(M, same, 1e-4),
                    "every pair is rotated by the same angle k; pair i must turn by k * w_i with its own "
@@ -164,13 +177,27 @@ def check_apply_rotary(fn) -> None:
         inv_freq = torch.tensor([10000.0 ** (-2 * i / hs) for i in range(hs // 2)])
         angles = torch.arange(T).float()[:, None] * inv_freq[None, :]  # (T, hs/2)
         x = torch.randn(shape, generator=g)
-        got = fn(x.clone(), angles.cos(), angles.sin())
+        x_in = x.clone()
+        got = fn(x_in, angles.cos(), angles.sin())
         want = _ref_rotary(x, angles)
         expect(isinstance(got, torch.Tensor), f"return a tensor, got {type(got).__name__}")
         expect(got.shape == x.shape, f"rotating keeps the shape {tuple(x.shape)}, got {tuple(got.shape)}")
+        expect(torch.equal(x_in, x), "your function changed its input in place (x1 and x2 from chunk are VIEWS of "
+               "x, so x1 *= cos writes into x): build the result with torch.cat of new tensors")
+        expect(not _close(got, x), "your output equals the input: nothing was rotated (position 0 keeps its vector, "
+               "but position t turns by the angles in cos[t], sin[t])")
         expect(_close(got.norm(dim=-1), x.norm(dim=-1)),
                "the vectors changed length: a rotation only turns them. The first half becomes "
                "x1*cos - x2*sin and the second half x1*sin + x2*cos")
+        x1, x2 = x.chunk(2, dim=-1)
+        c, sn = angles.cos(), angles.sin()
+        expect(not _close(got, torch.cat([x1 * sn + x2 * c, x1 * c - x2 * sn], -1)),
+               "the two halves of your result are in the wrong order: the first half is x1*cos - x2*sin, the second "
+               "x1*sin + x2*cos")
+        expect(not _close(got, torch.cat([x1 * c + x2 * sn, x1 * sn + x2 * c], -1)),
+               "sign error: the first half is x1*cos MINUS x2*sin (a rotation, so the vector keeps its length)")
+        expect(not _close(got, torch.cat([x1 * sn - x2 * c, x1 * c + x2 * sn], -1)),
+               "cos and sin are swapped: the first half is x1*cos - x2*sin, the second x1*sin + x2*cos")
         expect(_close(got[..., 0, :], x[..., 0, :]), "position 0 has angle 0, so it must come out unchanged")
         expect(not _close(got, _ref_rotary(x, -angles)),
                "you rotate by MINUS the angle: first half = x1*cos - x2*sin, second half = x1*sin + x2*cos")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._core import checker, expect
+from ._core import ExerciseFailed, checker, expect, forbid
 
 __all__ = [
     "check_layer_norm",
@@ -22,6 +22,17 @@ __all__ = [
 
 def _close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5, rtol: float = 1e-4) -> bool:
     return a.shape == b.shape and torch.allclose(a, b, atol=atol, rtol=rtol)
+
+
+_LAYER_NORM_BANNED = {
+    name: "the task asks you to write layer norm yourself (mean, biased variance, eps, gain and bias)"
+    for name in ("torch.nn.functional.layer_norm", "torch.layer_norm", "torch.nn.functional.group_norm")
+}
+
+
+def _unchanged(given: torch.Tensor, original: torch.Tensor) -> None:
+    expect(torch.equal(given, original), "your function changed its input x in place (x -= mean, x.sub_(...)): the "
+           "caller's tensor is corrupted, and in a model that tensor is the residual stream. Compute a new tensor")
 
 
 def _inputs(seed: int, shape: tuple[int, ...], scale: float = 3.0, shift: float = 2.0) -> torch.Tensor:
@@ -41,12 +52,21 @@ def check_layer_norm(my_layer_norm) -> None:
         weight = torch.rand(C, generator=g) + 0.5
         bias = torch.randn(C, generator=g)
         eps = 1e-5
-        got = my_layer_norm(x.clone(), weight, bias, eps)
+        x_in = x.clone()
+        with forbid(_LAYER_NORM_BANNED):
+            got = my_layer_norm(x_in, weight, bias, eps)
         want = F.layer_norm(x, (C,), weight, bias, eps)
+        _unchanged(x_in, x)
         expect(isinstance(got, torch.Tensor), f"return a tensor, got {type(got).__name__}")
         expect(got.shape == x.shape, f"output shape {tuple(got.shape)} should equal the input shape {shape}")
         if _close(got, want):
             continue
+        normed = F.layer_norm(x, (C,), None, None, eps)
+        expect(not _close(got, normed * bias + weight), "weight and bias are swapped: gamma (weight) multiplies, "
+               "beta (bias) is added: x_hat * weight + bias")
+        eps_out = (x - x.mean(-1, keepdim=True)) / (x.var(-1, keepdim=True, unbiased=False).sqrt() + eps)
+        expect(not _close(got, eps_out * weight + bias), f"for input shape {shape} (a tiny spread, variance ~ eps) "
+               "your eps is outside the square root: divide by sqrt(var + eps), not std + eps")
         plain = (got - bias) / weight  # undo the affine part: should be zero-mean, unit-variance rows
         mean_ok = torch.allclose(plain.mean(-1), torch.zeros(()), atol=1e-4)
         var_ok = torch.allclose(plain.var(-1, unbiased=False), torch.ones(()), atol=1e-2)
@@ -65,24 +85,37 @@ def check_layer_norm(my_layer_norm) -> None:
                f"{(got - want).abs().max():.2e}; check where eps goes: (x - mean) / sqrt(var + eps)")
     # eps must matter for a constant row (variance 0): no division by zero
     x = torch.full((1, 4), 3.0)
-    got = my_layer_norm(x, torch.ones(4), torch.zeros(4), 1e-5)
+    with forbid(_LAYER_NORM_BANNED):
+        got = my_layer_norm(x, torch.ones(4), torch.zeros(4), 1e-5)
     expect(bool(torch.isfinite(got).all()), "a constant row gave NaN/Inf: add eps INSIDE the square root")
 
 
 @checker("04.2 RMSNorm")
 def check_rms_norm(my_rms_norm) -> None:
     """``my_rms_norm(x, weight, eps)`` = x / sqrt(mean(x^2) + eps) * weight over the last dimension."""
-    for seed, shape in enumerate([(2, 5, 8), (3, 16), (2, 3, 4, 12)]):
-        x = _inputs(seed, shape)
+    # the last case has a tiny scale (mean square ~ eps), where the placement of eps matters
+    for seed, (shape, scale) in enumerate([((2, 5, 8), 3.0), ((3, 16), 3.0), ((2, 3, 4, 12), 3.0), ((2, 8), 1e-3)]):
+        x = _inputs(seed, shape, scale=scale, shift=2 * scale)
         C = shape[-1]
         weight = torch.rand(C, generator=torch.Generator().manual_seed(7 + seed)) + 0.5
         eps = 1e-6
-        got = my_rms_norm(x.clone(), weight, eps)
+        x_in = x.clone()
+        got = my_rms_norm(x_in, weight, eps)
         want = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+        _unchanged(x_in, x)
         expect(isinstance(got, torch.Tensor) and got.shape == x.shape,
                f"return a tensor of the input's shape {shape}")
         if _close(got, want):
             continue
+        expect(not _close(got, x / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps) * weight),
+               f"for input shape {shape} (tiny values, mean square ~ eps) your eps is outside the square root: "
+               "x / sqrt(mean(x^2) + eps)")
+        expect(not _close(got, x / torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + eps) * weight)
+               and not _close(got, x / torch.sqrt(x.var(-1, keepdim=True) + eps) * weight),
+               "you divided by the standard deviation, which subtracts the mean; RMS is the root of the mean "
+               "SQUARE of x itself: sqrt(mean(x**2) + eps)")
+        expect(not _close(got, x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) + weight),
+               "the gain is added; it multiplies: x / rms * weight")
         centred = F.layer_norm(x, (C,), weight, None, eps)
         expect(not _close(got, centred), "you subtracted the mean: that is layer norm. RMSNorm only rescales, "
                "x / sqrt(mean(x**2) + eps), which is cheaper and works as well in practice")
@@ -109,12 +142,21 @@ def check_block_param_count(count_block_params) -> None:
     for d, f, act, bias in cases:
         want = _reference_count(d, f, act, bias)
         got = count_block_params(d, f, act, bias)
-        expect(isinstance(got, int | torch.Tensor) and not isinstance(got, bool),
-               f"return an integer, got {type(got).__name__}")
+        expect(isinstance(got, int) and not isinstance(got, bool) or isinstance(got, torch.Tensor)
+               and not got.is_floating_point(), f"return an integer, got {type(got).__name__} ({got!r})")
         got = int(got)
         if got == want:
             continue
         what = f"d_model={d}, d_ff={f}, activation={act!r}, bias={bias}"
+        expect(not (got == 12 * d * d + 13 * d and f != 4 * d),
+               f"{what}: 12 d^2 + 13 d assumes d_ff = 4 d_model; here d_ff = {f}, so count c_fc and c_proj from d_ff")
+        if not bias and got == want + 2 * d:
+            expect(False, f"{what}: with bias=False the layer norms have no bias either (a gain of d_model each)")
+        if act == "swiglu" and bias and got == want - f:
+            expect(False, f"{what}: SwiGLU's fused c_fc has 2 * d_ff outputs, so 2 * d_ff biases, not d_ff")
+        if got == want - (d * d + (d if bias else 0)):
+            expect(False, f"{what}: you forgot the attention output projection attn.c_proj (d x d"
+                   + (" + d biases)" if bias else ")"))
         ln = 2 * (2 * d if bias else d)
         if got == want - ln:
             expect(False, f"{what}: you forgot the two layer norms (a gain, and a bias when bias=True, each d_model)")
@@ -146,7 +188,13 @@ def check_block_forward(my_block_forward) -> None:
                 ln.bias.normal_()
         x = _inputs(3, (2, 5, 16))
         with torch.no_grad():
-            got = my_block_forward(block, x.clone(), prenorm)
+            try:
+                got = my_block_forward(block, x.clone(), prenorm)
+            except TypeError as e:
+                if "tuple" not in str(e):
+                    raise
+                raise ExerciseFailed("your code adds or normalises a tuple: block.attn(...) returns (output, weights), "
+                                     "so take block.attn(...)[0]") from None
             h = x + block.attn(block.ln_1(x))[0]
             pre = h + block.mlp(block.ln_2(h))  # x + attn(ln_1(x)), then + mlp(ln_2(.))
             h = block.ln_1(x + block.attn(x)[0])
@@ -171,6 +219,32 @@ def check_block_forward(my_block_forward) -> None:
                 no_res = block.ln_2(block.mlp(block.ln_1(block.attn(x)[0])))
         expect(not _close(got, no_res), f"{name}: the residual connection around attention is missing: "
                "add the branch output back to its input (x + ...)")
+        with torch.no_grad():
+            a = block.attn
+            if prenorm:
+                h = x + a(block.ln_1(x))[0]
+                variants = {
+                    "the residual connection around the feed-forward is missing: y = h + mlp(ln_2(h))":
+                        block.mlp(block.ln_2(h)),
+                    "ln_1 and ln_2 are swapped: ln_1 goes with attention, ln_2 with the feed-forward":
+                        (lambda h2: h2 + block.mlp(block.ln_1(h2)))(x + a(block.ln_2(x))[0]),
+                    "you used ln_1 for both sub-layers; the feed-forward has its own norm ln_2":
+                        h + block.mlp(block.ln_1(h)),
+                    "you normalised the residual stream (x = ln(x) + ...): pre-LN normalises only the INPUT of each "
+                    "branch and adds the branch to the un-normalised x":
+                        (lambda h2: block.ln_2(h2) + block.mlp(block.ln_2(h2)))(block.ln_1(x) + a(block.ln_1(x))[0]),
+                }
+            else:
+                h = block.ln_1(x + a(x)[0])
+                variants = {
+                    "the residual connection around the feed-forward is missing: y = ln_2(h + mlp(h))":
+                        block.ln_2(block.mlp(h)),
+                    "post-LN normalises the SUM: ln_2(h + mlp(h)), not h + ln_2(mlp(h))": h + block.ln_2(block.mlp(h)),
+                    "ln_1 and ln_2 are swapped: ln_1 follows attention, ln_2 the feed-forward":
+                        (lambda h2: block.ln_1(h2 + block.mlp(h2)))(block.ln_2(x + a(x)[0])),
+                }
+        for message, wrong in variants.items():
+            expect(not _close(got, wrong), f"{name}: {message}")
         expect(False, f"{name}: output differs from the reference by up to {(got - want).abs().max():.2e}. "
                "Remember the attention module returns (output, weights): use [0]; use ln_1 with attention "
                "and ln_2 with the feed-forward")
@@ -184,7 +258,13 @@ def check_swiglu(my_swiglu) -> None:
         x = torch.randn(B, T, C, generator=g)
         w_gate, w_up = torch.randn(H, C, generator=g) / C**0.5, torch.randn(H, C, generator=g) / C**0.5
         w_down = torch.randn(C, H, generator=g) / H**0.5
-        got = my_swiglu(x.clone(), w_gate, w_up, w_down)
+        try:
+            got = my_swiglu(x.clone(), w_gate, w_up, w_down)
+        except RuntimeError as e:
+            if "shapes cannot be multiplied" not in str(e):
+                raise
+            raise ExerciseFailed(f"a matrix product failed ({e}): the weights are stored like nn.Linear, "
+                                 f"(out_features, in_features): w_gate is ({H}, {C}), so use x @ w_gate.T") from None
         gate, up = F.linear(x, w_gate), F.linear(x, w_up)  # (B, T, H)
         want = F.linear(F.silu(gate) * up, w_down)  # (B, T, C)
         expect(isinstance(got, torch.Tensor), "return a tensor")
@@ -196,6 +276,14 @@ def check_swiglu(my_swiglu) -> None:
                "gate and up are swapped: silu goes on x @ w_gate.T, the up projection stays linear")
         expect(not _close(got, F.linear(torch.sigmoid(gate) * up, w_down)),
                "you used sigmoid(gate); SwiGLU uses silu(gate) = gate * sigmoid(gate) (F.silu)")
+        expect(not _close(got, F.linear(F.gelu(gate) * up, w_down))
+               and not _close(got, F.linear(F.gelu(gate, approximate="tanh") * up, w_down)),
+               "you used GELU on the gate; SwiGLU uses silu(gate) = gate * sigmoid(gate) (F.silu); GEGLU is the GELU "
+               "variant")
+        expect(not _close(got, F.linear(F.relu(gate) * up, w_down)), "you used ReLU on the gate (ReGLU); SwiGLU "
+               "uses silu (F.silu)")
+        expect(not _close(got, F.linear(F.silu(gate * up), w_down)), "you applied silu to the product; only the gate "
+               "goes through silu: silu(x Wg^T) * (x Wu^T)")
         expect(not _close(got, F.linear(F.silu(gate), w_down)),
                "the up projection is missing: multiply silu(gate) element-wise by x @ w_up.T")
         expect(False, f"output differs from (silu(x Wg^T) * (x Wu^T)) Wd^T by up to {(got - want).abs().max():.2e}; "

@@ -7,10 +7,11 @@ stopping loop) and never taken from the student's code.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
-from ._core import checker, expect
+from ._core import ExerciseFailed, checker, expect
 
 __all__ = [
     "check_copy_task",
@@ -41,6 +42,9 @@ def _check_task(make_batch, kind: str) -> None:
     missing = sorted(set(range(FIRST_SYMBOL, V)) - seen)
     expect(not missing, f"symbol(s) {missing} never appear in {n} sequences: torch.randint's upper bound is "
            "exclusive, so use randint(3, vocab_size, ...)")
+    if kind == "sort":
+        expect(not bool((src[:, 1:] >= src[:, :-1]).all()), "your src rows are already sorted: the model would see "
+               "the answer as its input. Draw random src, and sort only the target: tgt_out = src.sort(dim=1).values")
     want = src.clone() if kind == "copy" else src.sort(dim=1).values
     if kind == "sort" and not torch.equal(tgt_out, want):
         expect(not torch.equal(tgt_out, src.sort(dim=1, descending=True).values),
@@ -52,8 +56,10 @@ def _check_task(make_batch, kind: str) -> None:
            f"tgt_out must be the {'copy' if kind == 'copy' else 'ascending sort'} of src, row by row")
     expect(not torch.equal(tgt_in, tgt_out), "tgt_in equals tgt_out: the decoder would be shown the answer it must "
            "predict. Shift right: tgt_in = [BOS, tgt_out[:, :-1]]")
-    expect(bool((tgt_in[:, 0] == BOS).all()), f"tgt_in must start with BOS (= {BOS}): the decoder's first input "
-           "is the start token")
+    expect(not torch.equal(tgt_in[:, :-1], tgt_out[:, 1:]), "you shifted LEFT (tgt_in = tgt_out[:, 1:] + padding): the "
+           "decoder would see the token it must predict next. Shift right: tgt_in = [BOS, tgt_out[:, :-1]]")
+    expect(bool((tgt_in[:, 0] == BOS).all()), f"tgt_in must start with BOS (= {BOS}), got {tgt_in[0, 0].item()}: the "
+           f"decoder's first input is the start token (0 = PAD, {BOS} = BOS)")
     expect(torch.equal(tgt_in[:, 1:], tgt_out[:, :-1]),
            "tgt_in must be tgt_out shifted right by one (teacher forcing): tgt_in[:, 1:] == tgt_out[:, :-1]")
     again = make_batch(n, L, V, torch.Generator().manual_seed(0))
@@ -83,16 +89,28 @@ def check_sequence_accuracy(sequence_accuracy) -> None:
     target = torch.tensor([[3, 4, 5, 6], [7, 8, 9, 3], [4, 4, 5, 5], [6, 7, 8, 9]])
     pred = target.clone()
     pred[1, 2] = 5  # one wrong token: the whole sequence is wrong
-    cases = [(pred, target, 0.75), (target.clone(), target, 1.0), (target.flip(1), target, 0.0)]
+    same_column = target.clone()
+    same_column[:2, 2] = 0  # rows 0 and 1 wrong in the same column: sequence 0.5, token 0.875, column 0.75
+    cases = [(pred, target, 0.75), (same_column, target, 0.5), (target.clone(), target, 1.0),
+             (target.flip(1), target, 0.0)]
     wrong_everywhere = target.clone()
     wrong_everywhere[:, 0] = 0  # every row has one wrong token: token accuracy 0.75, sequence accuracy 0
     cases.append((wrong_everywhere, target, 0.0))
+    last_wrong = target.clone()
+    last_wrong[2, -1] = 9  # only the LAST token of row 2 is wrong
+    cases.append((last_wrong, target, 0.75))
     g = torch.Generator().manual_seed(0)
     tgt = torch.randint(3, 6, (500, 3), generator=g)
     noisy = torch.where(torch.rand(500, 3, generator=g) < 0.1, torch.zeros_like(tgt), tgt)
     cases.append((noisy, tgt, (noisy == tgt).all(dim=1).float().mean().item()))
     for p, t, want in cases:
-        got = sequence_accuracy(p.clone(), t.clone())
+        try:
+            got = sequence_accuracy(p.clone(), t.clone())
+        except RuntimeError as e:
+            if "Bool" not in str(e):
+                raise
+            raise ExerciseFailed("torch cannot average booleans: turn the per-row result into numbers first, "
+                                 "(pred == target).all(dim=1).float().mean()") from None
         expect(isinstance(got, float | int | torch.Tensor) and not isinstance(got, bool),
                f"return a number, got {type(got).__name__}")
         got = float(got)
@@ -103,6 +121,9 @@ def check_sequence_accuracy(sequence_accuracy) -> None:
                f"token is right: .all(dim=1) before averaging (expected {want:.3f})")
         expect(abs(got - (p == t).all(dim=0).float().mean().item()) > 1e-6 or want == 0.0,
                "you required agreement down each column (dim=0); a sequence is a row: .all(dim=1)")
+        expect(abs(got - (p[:, :-1] == t[:, :-1]).all(dim=1).float().mean().item()) > 1e-6,
+               "you skipped the last position (an off-by-one slice such as [:, :-1]): every one of the L tokens "
+               "must be right")
         expect(abs(got - (p == t).any(dim=1).float().mean().item()) > 1e-6,
                "you counted a sequence as right when ANY token matches; it needs ALL of them: .all(dim=1)")
         expect(0.0 <= got <= 1.0, f"accuracy {got} is outside [0, 1]: return a fraction, not a count")
@@ -134,11 +155,20 @@ def check_lr_schedule(my_lr) -> None:
             if step < warmup:
                 expect(got != 0.0, f"{where}: the rate is 0, so this step learns nothing; warmup uses "
                        "lr * (step + 1) / (warmup_iters + 1)")
+                expect(not math.isclose(got, lr * (step + 1) / warmup, rel_tol=1e-6),
+                       f"{where}: off by one: lr * (step + 1) / warmup_iters already reaches the full rate at the "
+                       "last warmup step; divide by (warmup_iters + 1)")
                 expect(False, f"{where}: during warmup the rate should be lr * (step + 1) / (warmup_iters + 1) "
                        f"= {want:.6g}, got {got:.6g}")
             if step >= decay:
                 expect(False, f"{where}: after decay_iters the rate stays at min_lr = {min_lr}, got {got:.6g}")
             ratio = (step - warmup) / (decay - warmup)
+            if math.isclose(got, min_lr + 0.5 * (1 + math.cos(math.pi * step / decay)) * (lr - min_lr), rel_tol=1e-6):
+                expect(False, f"{where}: your cosine starts at step 0 (ratio = step / decay_iters); it starts "
+                       "where warmup ends: ratio = (step - warmup_iters) / (decay_iters - warmup_iters)")
+            if math.isclose(got, lr - ratio * (lr - min_lr), rel_tol=1e-6):
+                expect(False, f"{where}: your decay is linear; the schedule follows half a cosine: "
+                       "min_lr + 0.5 * (1 + cos(pi * ratio)) * (lr - min_lr)")
             if math.isclose(got, 0.5 * (1 + math.cos(math.pi * ratio)) * lr, rel_tol=1e-6):
                 expect(False, f"{where}: the cosine decays to 0 instead of min_lr: "
                        "min_lr + 0.5 * (1 + cos(pi * ratio)) * (lr - min_lr)")
@@ -147,16 +177,45 @@ def check_lr_schedule(my_lr) -> None:
                    "one HALF period of the cosine (cos(pi * ratio))")
 
 
-def _reference_stops(losses: list[float], patience: int, min_delta: float) -> int | None:
-    best, bad = math.inf, 0
+def _reference_stops(losses: list[float], patience: int, min_delta: float, rule: str = "ok") -> int | None:
+    """Where training stops under the correct rule, or under one of the common wrong ones (to name it)."""
+    best, bad, last = math.inf, 0, math.inf
     for i, v in enumerate(losses):
-        if v < best - min_delta:
-            best, bad = v, 0
+        if rule == "vs_last":
+            improved = v < last - min_delta
+        elif rule == "equal_counts":
+            improved = v <= best - min_delta
+        elif rule == "no_delta":
+            improved = v < best
+        elif rule == "delta_sign":
+            improved = v < best + min_delta
+        else:
+            improved = v < best - min_delta
+        if improved:
+            best = min(best, v)
+            bad = bad if rule == "no_reset" else 0
         else:
             bad += 1
-        if bad >= patience:
+        last = v
+        if (bad > patience) if rule == "off_by_one" else (bad >= patience):
             return i
     return None
+
+
+_STOPPING_RULES = {
+    "vs_last": "you compare each loss with the PREVIOUS one; compare with the BEST loss so far (a loss that beats "
+               "the last value but not the best is no improvement)",
+    "equal_counts": "a loss EQUAL to the best counts as an improvement in your code; it must be strictly lower: "
+                    "val_loss < best - min_delta",
+    "no_delta": "you ignore min_delta: an improvement must beat the best by MORE than min_delta "
+                "(val_loss < best - min_delta)",
+    "delta_sign": "min_delta has the wrong sign: an improvement is val_loss < best - min_delta (it must beat the best "
+                  "by min_delta, not come within min_delta of it)",
+    "no_reset": "your counter is never reset: an improvement sets it back to 0 (the evals must fail `patience` times "
+                "IN A ROW)",
+    "off_by_one": "off by one: you stop when the count EXCEEDS patience; stop as soon as it reaches patience "
+                  "(count >= patience)",
+}
 
 
 @checker("05.5 early stopping")
@@ -171,15 +230,25 @@ def check_early_stopping(EarlyStopping) -> None:
         ([1.0, 0.999, 0.998, 0.997], 2, 0.01),  # tiny improvements below min_delta do not count
         ([1.0, 1.0, 1.0], 1, 0.0),  # equal is not better
         ([2.0, 1.5, 1.6, 1.7, 1.8, 1.9], 3, 0.0),
+        ([1.0, 0.95, 0.97, 0.9, 0.92, 0.85, 0.87, 0.8], 2, 0.0),  # improves every other eval: never stop
+        ([1.0, 1.05, 1.04, 1.03, 0.5], 3, 0.1),  # within min_delta of the best is not an improvement
     ]
+    got_all, want_all = [], []
     for losses, patience, min_delta in cases:
         es = EarlyStopping(patience=patience, min_delta=min_delta)
-        want = _reference_stops(losses, patience, min_delta)
         got = None
         for i, v in enumerate(losses):
             if es.step(v):
                 got = i
                 break
+        got_all.append(got)
+        want_all.append(_reference_stops(losses, patience, min_delta))
+    if got_all == want_all:
+        return
+    for rule, message in _STOPPING_RULES.items():
+        if got_all == [_reference_stops(*case, rule=rule) for case in cases]:
+            expect(False, message)
+    for (losses, patience, min_delta), got, want in zip(cases, got_all, want_all):
         if got == want:
             continue
         desc = f"val losses {losses} with patience={patience}, min_delta={min_delta}"
@@ -197,23 +266,36 @@ def check_early_stopping(EarlyStopping) -> None:
                f"without improvement reaches patience ({patience}), compared with the best loss so far")
 
 
+FAST_MIN_ACCURACY = 0.5  # fast mode trains 200 steps: 83-94% measured (seeds 0-2); an untrained model scores 0%
+
+
 @checker("05.6 train a sorter")
-def check_sort_model(train_sorter, length: int, vocab_size: int, min_accuracy: float = 0.9, n: int = 500) -> None:
+def check_sort_model(train_sorter, length: int, vocab_size: int, min_accuracy: float | None = None,
+                     n: int = 500) -> None:
     """Call ``train_sorter()`` (or take a model directly), greedy-decode fresh sort problems with
-    ``model.greedy_decode(src, length, BOS)`` and grade the exact-sequence accuracy."""
+    ``model.greedy_decode(src, length, BOS)`` and grade the exact-sequence accuracy.
+
+    The bar is 90% in full mode and ``FAST_MIN_ACCURACY`` (50%) when ``MINIGPT_FAST=1``, where the notebook
+    trains for fewer steps: still far above an untrained model (0%), so fast mode also needs a trained model.
+    """
+    fast = os.environ.get("MINIGPT_FAST", "0") == "1"
+    if min_accuracy is None:
+        min_accuracy = FAST_MIN_ACCURACY if fast else 0.9
+    mode = "fast mode, short training" if fast else "full mode"
     model = train_sorter if hasattr(train_sorter, "greedy_decode") else train_sorter()
     expect(hasattr(model, "greedy_decode"), f"train_sorter() must return the trained Transformer, got "
            f"{type(model).__name__}")
     g = torch.Generator().manual_seed(12345)
     src = torch.randint(FIRST_SYMBOL, vocab_size, (n, length), generator=g)
     device = next(iter(model.parameters()), torch.empty(0)).device if hasattr(model, "parameters") else "cpu"
-    pred = model.greedy_decode(src.to(device), length, BOS).cpu()
+    with torch.no_grad():
+        pred = model.greedy_decode(src.to(device), length, BOS).cpu()
     expect(pred.shape == src.shape, f"greedy_decode returned shape {tuple(pred.shape)}, expected {(n, length)}: "
            "train and test with the same length")
     want = src.sort(dim=1).values
     acc = (pred == want).all(dim=1).float().mean().item()
     if acc >= min_accuracy:
-        print(f"exact-sequence accuracy on {n} fresh sequences: {acc:.1%}")
+        print(f"exact-sequence accuracy on {n} fresh sequences: {acc:.1%} (bar: {min_accuracy:.0%}, {mode})")
         return
     hint = ""
     if (pred == src).all(dim=1).float().mean().item() > 0.5:
@@ -221,6 +303,8 @@ def check_sort_model(train_sorter, length: int, vocab_size: int, min_accuracy: f
     elif (pred == src.flip(1)).all(dim=1).float().mean().item() > 0.5:
         hint = " The model reverses its input: it was trained on reversal, not sorting."
     tok = (pred == want).float().mean().item()
+    if acc == 0.0 and tok < 0.5:
+        hint += " Nothing is sorted: is the returned model the one you trained (not a fresh Transformer)?"
     expect(False, f"exact-sequence accuracy {acc:.1%} (token accuracy {tok:.1%}) on fresh sort problems is below "
-           f"{min_accuracy:.0%}.{hint} Train longer, or try a higher learning rate / a wider model, and watch the "
-           "validation loss")
+           f"{min_accuracy:.0%} ({mode}).{hint} Train longer, or try a higher learning rate / a wider model, and "
+           "watch the validation loss")
