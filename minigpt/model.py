@@ -152,14 +152,28 @@ PRESETS: dict[str, GPTConfig] = {
 }
 
 
+class GPTLayers(nn.ModuleDict):
+    """``GPT.transformer``: a ModuleDict (the names are Hugging Face's) whose entries are typed."""
+
+    wte: nn.Embedding  # token embedding (V, C)
+    wpe: nn.Module  # position table; present only for "learned" and "sinusoidal" positions
+    drop: nn.Dropout
+    h: nn.ModuleList  # the TransformerBlocks
+    ln_f: nn.Module  # final norm
+
+
 class GPT(nn.Module):
     """Token + position embeddings, a stack of causal pre-LN blocks, a final norm and the LM head."""
+
+    config: GPTConfig
+    transformer: GPTLayers
+    lm_head: nn.Linear
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
         c = config
-        self.transformer = nn.ModuleDict(dict(wte=nn.Embedding(c.vocab_size, c.n_embd)))
+        self.transformer = GPTLayers(dict(wte=nn.Embedding(c.vocab_size, c.n_embd)))
         if c.position == "learned":
             self.transformer["wpe"] = LearnedPositionalEmbedding(c.block_size, c.n_embd)
         elif c.position == "sinusoidal":
