@@ -20,9 +20,17 @@ def model():
 @pytest.mark.parametrize("sampling", [dict(greedy=True), dict(seed=3, top_k=5), dict(seed=4, top_p=0.8)])
 def test_kv_cached_and_uncached_decoding_give_the_same_tokens(model, n, sampling):
     x = torch.randint(0, 23, (2, 3), generator=torch.Generator().manual_seed(n))
-    a = generate(model, x, n, use_cache=True, **sampling)
-    b = generate(model, x, n, use_cache=False, **sampling)
+    fed = []  # tokens per forward pass: the cached path must really feed one new token at a time
+    hook = model.register_forward_pre_hook(lambda m, args: fed.append(args[0].size(1)))
+    try:
+        a = generate(model, x, n, use_cache=True, **sampling)
+        cached_feeds, fed[:] = list(fed), []
+        b = generate(model, x, n, use_cache=False, **sampling)
+    finally:
+        hook.remove()
     assert a.shape == (2, 3 + n) and torch.equal(a, b)
+    assert cached_feeds[0] == 3 and (n == 1 or cached_feeds.count(1) >= min(n - 1, 12 - 3))
+    assert fed == [min(3 + i, 12) for i in range(n)]  # uncached: the whole (cropped) context every step
 
 
 def test_greedy_is_the_argmax_of_a_plain_loop(model):
