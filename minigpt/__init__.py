@@ -38,7 +38,7 @@ from .device import (
     seed_everything,
 )
 from .generation import beam_search, generate, stream
-from .model import GPT, PRESETS, GPTConfig
+from .model import GPT, PRESETS, GPTConfig, LanguageModel
 from .positional import RotaryEmbedding, sinusoidal_encoding
 from .seq2seq import Transformer, TransformerConfig
 from .tokenizer import BPETokenizer, CharTokenizer, UnknownCharacterError
@@ -46,7 +46,7 @@ from .tokenizer import BPETokenizer, CharTokenizer, UnknownCharacterError
 __version__ = "0.1.0"
 
 __all__ = [
-    "GPT", "GPTConfig", "PRESETS", "Transformer", "TransformerConfig", "BigramLM", "BigramConfig",
+    "GPT", "GPTConfig", "PRESETS", "LanguageModel", "Transformer", "TransformerConfig", "BigramLM", "BigramConfig",
     "MLPLM", "MLPConfig", "MultiHeadAttention", "KVCache", "TransformerBlock", "DecoderBlock",
     "FeedForward", "RMSNorm", "RotaryEmbedding", "sinusoidal_encoding", "scaled_dot_product_attention",
     "fast_attention", "causal_mask", "padding_mask", "generate", "stream", "beam_search", "__version__",

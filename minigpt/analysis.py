@@ -486,7 +486,7 @@ def analyze_attention(
     plus ``"files"``.
     """
     from . import viz
-    from .model import GPT, GPTConfig
+    from .model import GPT, GPTConfig, LanguageModel
     from .tokenizer import CharTokenizer, UnknownCharacterError
 
     if not text:
@@ -494,8 +494,9 @@ def analyze_attention(
     if checkpoint is None:
         torch.manual_seed(seed)
         tokenizer = CharTokenizer.from_text(text)
-        model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=max(64, len(text)), n_layer=2,
-                              n_head=4, n_embd=64, dropout=0.0))
+        config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=max(64, len(text)), n_layer=2, n_head=4,
+                           n_embd=64, dropout=0.0)
+        model: torch.nn.Module = GPT(config)
         description = "untrained GPT (random weights, 2 layers x 4 heads): a baseline, not a trained model"
     else:
         from .checkpoint import load_checkpoint
@@ -505,7 +506,7 @@ def analyze_attention(
         if tokenizer is None:
             raise ValueError(f"{checkpoint} has no tokenizer saved with it, so the text cannot be encoded")
         description = f"checkpoint {checkpoint} (step {info.step})"
-    if not _is_minigpt(model):
+    if not _is_minigpt(model) or not isinstance(model, LanguageModel):
         raise ValueError(f"{type(model).__name__} has no forward_with_attention; analyse a GPT checkpoint")
     try:
         ids = tokenizer.encode(text)

@@ -180,6 +180,10 @@ class KVCache:
     def reset(self) -> None:
         self.pos = 0
 
+    @property
+    def batch_size(self) -> int:
+        return self.k[0].size(0)
+
     def reorder(self, index: torch.Tensor) -> None:
         """Select batch rows (beam search keeps the caches of the surviving beams)."""
         self.k = [k.index_select(0, index) for k in self.k]

@@ -335,7 +335,7 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
         ) from e
 
 
-def _config_class(cls: type) -> type | None:
+def _config_class(cls: type[nn.Module]) -> type | None:
     explicit = getattr(cls, "config_class", None)
     if explicit is not None:
         return explicit
@@ -379,6 +379,8 @@ def build_model(meta: dict[str, Any]) -> nn.Module:
     except (ImportError, AttributeError) as e:
         raise CheckpointError(f"cannot import {MODEL_REGISTRY[name]} for model class {name!r}: {e}") from e
     kind, config = meta.get("model_config_kind"), meta.get("model_config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"the checkpoint has no model config for {name}; pass model= to load_checkpoint")
     if kind == "dataclass":
         config_cls = _config_class(cls)
         if config_cls is None:
@@ -455,7 +457,7 @@ def load_checkpoint(
     tok = meta.get("tokenizer")
     info = CheckpointInfo(
         path=folder,
-        model_class=meta.get("model_class"),
+        model_class=meta["model_class"],  # build_model or the class check above found it
         model_config=meta.get("model_config"),
         tokenizer=_rebuild_tokenizer(tok),
         tokenizer_dict=(tok or {}).get("data"),

@@ -354,6 +354,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .checkpoint import latest_checkpoint, load_checkpoint
     from .data import train_val_split
+    from .model import LanguageModel
     from .presets import get_preset
     from .tokenizer import BPETokenizer, CharTokenizer
     from .train import Trainer, TrainingDiverged, fit_to_budget, lm_batches
@@ -374,6 +375,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         tokenizer = info.tokenizer
         if tokenizer is None:
             raise CLIError(f"{ckpt} has no tokenizer saved; cannot resume training on text")
+        if not isinstance(model, LanguageModel):
+            raise CLIError(f"{ckpt} holds a {type(model).__name__}, not a language model with config.block_size")
         block_size = model.config.block_size
         if args.model_type == "transformer" and args.block_size not in (None, block_size):
             raise CLIError(f"--block-size {args.block_size} differs from the checkpoint's {block_size}")

@@ -1,17 +1,23 @@
 """Turning next-token probabilities into text: greedy, temperature, top-k, top-p, beam search.
 
-Works with any model that follows the minigpt contract ``model(idx, kv_cache=..., last_only=True) ->
-(logits, loss)`` and has ``config.block_size``; models that also offer ``new_kv_cache`` are decoded
-incrementally. Past the block size the context is cropped to the last ``block_size`` tokens, exactly as
-without a cache, so cached and uncached decoding produce the same tokens.
+Works with any :class:`~minigpt.model.LanguageModel`: ``model(idx) -> (logits, loss)`` with
+``config.block_size``. Models whose ``forward`` takes a ``last_only`` keyword are asked for the last
+position's logits only; models that also offer ``new_kv_cache`` (:class:`~minigpt.model.CachedLanguageModel`)
+are decoded incrementally. Past the block size the context is cropped to the last ``block_size`` tokens,
+exactly as without a cache, so cached and uncached decoding produce the same tokens.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from .attention import KVCache
+from .model import CachedLanguageModel, LanguageModel
 
 __all__ = [
     "validate_sampling",
@@ -54,11 +60,17 @@ def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Nucleus filtering (Holtzman et al., 2020): keep the smallest set of tokens whose probability sums to >= p."""
-    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    # drop a token when the tokens before it already reach p; the top token always survives
-    drop_sorted = (cum - sorted_logits.softmax(dim=-1)) >= p
+    """Nucleus filtering (Holtzman et al., 2020): keep the smallest set of tokens whose probability sums to >= p.
+
+    Counted from the least likely token up, as Hugging Face's ``TopPLogitsWarper`` does: a token is dropped
+    when it and every less likely token together hold at most 1 - p. Summing from the top instead reaches
+    1.0 in float32 before the tail is counted, so p = 1 could drop tokens that have probability; from the
+    bottom, p = 1 drops only tokens whose probability is exactly 0. The most likely token always survives.
+    """
+    sorted_logits, order = torch.sort(logits, descending=False, dim=-1)  # (..., V), least likely first
+    tail_mass = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    drop_sorted = tail_mass <= 1.0 - p
+    drop_sorted[..., -1] = False
     drop = drop_sorted.scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 
@@ -93,14 +105,28 @@ def sample_next(
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
+def _takes_keyword(model: Any, name: str) -> bool:
+    """Whether the model's forward accepts the keyword ``name`` (explicitly, not through **kwargs)."""
+    try:
+        params = inspect.signature(getattr(model, "forward", model)).parameters
+    except (TypeError, ValueError):  # builtins and some C callables have no signature
+        return False
+    return name in params
+
+
 class NextTokenLogits:
     """Next-token logits for a growing context, reusing a KV cache while the context fits the block."""
 
-    def __init__(self, model, use_cache: bool) -> None:
+    def __init__(self, model: LanguageModel, use_cache: bool) -> None:
         self.model = model
+        # the optional keywords (last_only, kv_cache) are checked here at run time, so call untyped
+        self._forward: Callable[..., tuple[torch.Tensor, Any]] = model
         self.block_size = model.config.block_size
-        self.use_cache = use_cache and hasattr(model, "new_kv_cache")
-        self.cache = None
+        self.cached_model = model if use_cache and isinstance(model, CachedLanguageModel) else None
+        self.use_cache = self.cached_model is not None
+        # only ask for the last position when the model understands the request (the rest is wasted work)
+        self.extra = {"last_only": True} if _takes_keyword(model, "last_only") else {}
+        self.cache: KVCache | None = None
 
     def __call__(self, idx: torch.Tensor, n_new: int | None) -> torch.Tensor:
         """idx (B, T) is the whole context; n_new tokens at its end are new since the last call."""
@@ -110,11 +136,11 @@ class NextTokenLogits:
             return self._next(idx, n_new)
 
     def _next(self, idx: torch.Tensor, n_new: int | None) -> torch.Tensor:
-        if not self.use_cache:
-            logits, _ = self.model(idx[:, -self.block_size :], last_only=True)
+        if self.cached_model is None:
+            logits, _ = self._forward(idx[:, -self.block_size :], **self.extra)
             return logits[:, -1, :]
-        if self.cache is None or self.cache.k[0].size(0) != idx.size(0):
-            self.cache = self.model.new_kv_cache(idx.size(0))
+        if self.cache is None or self.cache.batch_size != idx.size(0):
+            self.cache = self.cached_model.new_kv_cache(idx.size(0))
             n_new = None
         if n_new is None or self.cache.pos + n_new > self.block_size:
             # (re)fill the cache with the cropped context: the same tokens the uncached path would see
@@ -122,7 +148,7 @@ class NextTokenLogits:
             feed = idx[:, -self.block_size :]
         else:
             feed = idx[:, -n_new:]
-        logits, _ = self.model(feed, kv_cache=self.cache, last_only=True)
+        logits, _ = self._forward(feed, kv_cache=self.cache, **self.extra)
         return logits[:, -1, :]
 
 
@@ -217,7 +243,7 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.T
 
 @torch.no_grad()
 def beam_search(
-    model,
+    model: LanguageModel,
     idx: torch.Tensor,
     max_new_tokens: int,
     beam_width: int = 4,
@@ -225,46 +251,60 @@ def beam_search(
     use_cache: bool = True,
     eos_id: int | None = None,
 ) -> torch.Tensor:
-    """Keep the ``beam_width`` most probable continuations of a single prompt (1, T); return the best.
+    """The most probable continuation of a single prompt (1, T) that beam search finds; returns (1, T + n).
 
-    Scores are summed log-probabilities divided by length**length_penalty (only matters when beams
-    end at different lengths through ``eos_id``). Beam width 1 is greedy decoding.
+    Hugging Face's ``generate(num_beams=beam_width, eos_token_id=eos_id, length_penalty=...)`` step by
+    step: every step extends the ``beam_width`` live beams by every token and ranks the candidates by
+    summed log-probability. A candidate ending in ``eos_id`` among the best ``beam_width`` leaves the live
+    set for a pool of finished hypotheses, scored ``sum log p / n**length_penalty`` (n = new tokens,
+    the end token included); the live set is refilled from the next best candidates that do not end
+    there. At ``max_new_tokens`` the best live beams join the pool too. Decoding stops early once the pool
+    holds ``beam_width`` hypotheses and the best live beam, scored at its current length, is no better
+    than the worst of them (HF's default ``early_stopping=False``). Ties fall as ``torch.topk`` orders
+    them, as in HF. Beam width 1 without an end token is greedy decoding.
     """
     _check_prompt(idx)
     if idx.size(0) != 1:
         raise ValueError("beam_search decodes one prompt at a time: pass idx of shape (1, T)")
     if not isinstance(beam_width, int) or beam_width < 1:
         raise ValueError(f"beam_width must be an integer >= 1, got {beam_width!r}")
+    if max_new_tokens < 1:
+        return idx
+    W = beam_width
     was_training = model.training
     model.eval()
     next_logits = NextTokenLogits(model, use_cache)
-    beams = idx  # (W, T)
-    scores = torch.zeros(1, device=idx.device)
-    finished: list[tuple[float, torch.Tensor]] = []
+    beams = idx  # (live, T + step): a single live beam until the first step fans out
+    scores = torch.zeros(1, device=idx.device)  # summed log-probabilities of the live beams
+    finished: list[tuple[float, torch.Tensor]] = []  # (length-penalised score, (1, T + n)), best first
     n_new = None
     try:
         for step in range(max_new_tokens):
-            logp = F.log_softmax(next_logits(beams, n_new).float(), dim=-1)  # (W, V)
+            n = step + 1  # new tokens in every candidate of this step
+            logp = F.log_softmax(next_logits(beams, n_new).float(), dim=-1)  # (live, V)
             V = logp.size(-1)
-            cand = (scores.unsqueeze(1) + logp).view(-1)  # (W * V,)
-            top_scores, top_ix = torch.topk(cand, min(beam_width, cand.numel()))
+            cand = (scores.unsqueeze(1) + logp).view(-1)  # (live * V,)
+            # 2W candidates: even if W of them end here, W others remain to stay live
+            top_scores, top_ix = torch.topk(cand, min(2 * W, cand.numel()))
             beam_ix, tok = top_ix // V, top_ix % V
+            seqs = torch.cat([beams.index_select(0, beam_ix), tok.unsqueeze(1)], dim=1)  # (2W, T + n)
+            ends = tok == eos_id if eos_id is not None else torch.zeros_like(tok, dtype=torch.bool)
+            if n == max_new_tokens:
+                ends = torch.ones_like(ends)
+            # only the best W candidates may finish; an end token ranked lower is simply dropped
+            for i in ends[:W].nonzero().flatten().tolist():
+                finished.append((float(top_scores[i] / n**length_penalty), seqs[i : i + 1]))
+            finished = sorted(finished, key=lambda h: -h[0])[:W]
+            live = (~ends).nonzero().flatten()[:W]
+            if live.numel() == 0:
+                break
+            beams, scores = seqs[live], top_scores[live]
             if next_logits.cache is not None:
-                next_logits.cache.reorder(beam_ix)
-            beams = torch.cat([beams.index_select(0, beam_ix), tok.unsqueeze(1)], dim=1)
-            scores = top_scores
+                next_logits.cache.reorder(beam_ix[live])
             n_new = 1
-            if eos_id is not None:
-                ended = tok == eos_id
-                for i in ended.nonzero().flatten().tolist():
-                    n = step + 1
-                    finished.append((float(scores[i]) / n**length_penalty, beams[i : i + 1]))
-                if bool(ended.all()):
-                    break
-                scores = scores.masked_fill(ended, float("-inf"))
+            # HF's stopping heuristic: can the best live beam (scores are sorted) still beat the pool?
+            if len(finished) == W and float(scores[0] / n**length_penalty) <= finished[-1][0]:
+                break
     finally:
         model.train(was_training)
-    n = beams.size(1) - idx.size(1)
-    best = int(torch.argmax(scores))
-    candidates = finished + [(float(scores[best]) / max(n, 1) ** length_penalty, beams[best : best + 1])]
-    return max(candidates, key=lambda c: c[0])[1]
+    return finished[0][1]

@@ -44,9 +44,9 @@ class LoRALinear(nn.Module):
             p.requires_grad_(False)
         self.r, self.alpha = r, alpha
         self.scaling = alpha / r  # keeps the update's size roughly independent of r
-        p = base.weight
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=p.device, dtype=p.dtype))  # (r, in)
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=p.device, dtype=p.dtype))  # (out, r)
+        w = base.weight
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=w.device, dtype=w.dtype))  # (r, in)
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=w.device, dtype=w.dtype))  # (out, r)
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's default init, as peft does
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
@@ -19,7 +19,45 @@ from .attention import KVCache, dropout
 from .blocks import ACTIVATIONS, TransformerBlock, make_norm
 from .positional import LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding
 
-__all__ = ["GPTConfig", "PRESETS", "GPT"]
+__all__ = ["GPTConfig", "PRESETS", "GPT", "HasBlockSize", "LanguageModel", "CachedLanguageModel"]
+
+class HasBlockSize(Protocol):
+    """A model config: all that generation reads from it is the longest context."""
+
+    @property
+    def block_size(self) -> int: ...
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """The contract the trainer and ``generate``/``stream``/``beam_search`` rely on (nanoGPT's).
+
+    ``model(idx, targets=None) -> (logits, loss)``: idx (B, T) token ids, logits (B, T, V), loss the
+    mean cross-entropy against ``targets`` (-1 = ignore) or None; ``config.block_size`` is the longest
+    context; ``training``/``eval()``/``train(mode)`` as on any ``nn.Module``. Two optional extras that
+    generation uses when a model offers them: a ``last_only`` keyword (logits for the final position
+    only; generation checks the forward signature for it and otherwise slices the last position
+    itself) and a KV cache (see :class:`CachedLanguageModel`).
+    """
+
+    config: HasBlockSize
+    training: bool
+
+    def __call__(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]: ...
+
+    def eval(self) -> Any: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+
+@runtime_checkable
+class CachedLanguageModel(LanguageModel, Protocol):
+    """A :class:`LanguageModel` that decodes incrementally: ``new_kv_cache(B)`` returns an empty
+    :class:`~minigpt.attention.KVCache`, and ``model(idx, kv_cache=cache)`` reads the T new tokens at
+    positions ``cache.pos ... cache.pos + T - 1``, stores their keys/values and advances ``cache.pos``."""
+
+    def new_kv_cache(self, batch_size: int) -> KVCache: ...
+
 
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
 NORMS = ("layernorm", "rmsnorm")
@@ -114,14 +152,28 @@ PRESETS: dict[str, GPTConfig] = {
 }
 
 
+class GPTLayers(nn.ModuleDict):
+    """``GPT.transformer``: a ModuleDict (the names are Hugging Face's) whose entries are typed."""
+
+    wte: nn.Embedding  # token embedding (V, C)
+    wpe: nn.Module  # position table; present only for "learned" and "sinusoidal" positions
+    drop: nn.Dropout
+    h: nn.ModuleList  # the TransformerBlocks
+    ln_f: nn.Module  # final norm
+
+
 class GPT(nn.Module):
     """Token + position embeddings, a stack of causal pre-LN blocks, a final norm and the LM head."""
+
+    config: GPTConfig
+    transformer: GPTLayers
+    lm_head: nn.Linear
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
         c = config
-        self.transformer = nn.ModuleDict(dict(wte=nn.Embedding(c.vocab_size, c.n_embd)))
+        self.transformer = GPTLayers(dict(wte=nn.Embedding(c.vocab_size, c.n_embd)))
         if c.position == "learned":
             self.transformer["wpe"] = LearnedPositionalEmbedding(c.block_size, c.n_embd)
         elif c.position == "sinusoidal":

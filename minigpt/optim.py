@@ -160,12 +160,14 @@ def split_muon_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Par
     hidden maps, so they stay with AdamW, like biases and norm gains.
     """
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    outputs = {id(model.lm_head.weight)} if isinstance(getattr(model, "lm_head", None), nn.Linear) else set()
+    lm_head = getattr(model, "lm_head", None)
+    outputs = {id(lm_head.weight)} if isinstance(lm_head, nn.Linear) else set()
     hidden = {
         id(m.weight) for m in model.modules()
         if isinstance(m, nn.Linear) and id(m.weight) not in outputs and m.out_features != vocab
     }
-    muon, other = [], []
+    muon: list[nn.Parameter] = []
+    other: list[nn.Parameter] = []
     for p in model.parameters():  # a tied parameter is yielded once
         if p.requires_grad:
             (muon if id(p) in hidden else other).append(p)

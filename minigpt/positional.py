@@ -39,6 +39,8 @@ def sinusoidal_encoding(T: int, d: int, base: float = 10000.0) -> torch.Tensor:
 class SinusoidalPositionalEncoding(nn.Module):
     """Adds the fixed sinusoidal table to (B, T, C) inputs; no parameters, any length up to max_len."""
 
+    pe: torch.Tensor  # (max_len, C) buffer
+
     def __init__(self, d: int, max_len: int = 4096) -> None:
         super().__init__()
         self.register_buffer("pe", sinusoidal_encoding(max_len, d), persistent=False)
@@ -83,6 +85,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 class RotaryEmbedding(nn.Module):
     """Precomputed RoPE angles; ``forward(T, offset)`` returns the (cos, sin) pair for those positions."""
+
+    cos: torch.Tensor  # (max_len, hs/2) buffer
+    sin: torch.Tensor  # (max_len, hs/2) buffer
 
     def __init__(self, head_dim: int, max_len: int = 4096, base: float = 10000.0) -> None:
         super().__init__()

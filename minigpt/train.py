@@ -464,7 +464,9 @@ def _rng_state() -> dict[str, Any]:
     try:
         import numpy as np
 
-        name, keys, pos, has_gauss, cached = np.random.get_state()
+        np_state = np.random.get_state(legacy=True)
+        assert isinstance(np_state, tuple)  # legacy=True: the (name, keys, pos, has_gauss, cached) tuple
+        name, keys, pos, has_gauss, cached = np_state
         state["numpy"] = [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
     except ImportError:
         pass
@@ -749,7 +751,8 @@ class Trainer:
             batch = self._fetch("train", self.generator)
             last = micro == cfg.grad_accum - 1
             # DDP all-reduces gradients in backward; on all but the last micro-batch that is wasted work
-            sync = contextlib.nullcontext() if last or not self.dist.enabled else self.train_model.no_sync()
+            ddp = self.train_model if isinstance(self.train_model, nn.parallel.DistributedDataParallel) else None
+            sync = contextlib.nullcontext() if last or ddp is None else ddp.no_sync()
             with sync:
                 loss = self._forward_loss(self.train_model, batch)
                 self.scaler.scale(loss / cfg.grad_accum).backward()
@@ -760,7 +763,7 @@ class Trainer:
         if cfg.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         else:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            grad_norm = torch.nn.utils.get_total_norm([g for p in params if (g := p.grad) is not None])
         loss = loss_sum / cfg.grad_accum
         loss_v, norm_v = loss.item(), float(grad_norm)  # one sync per step, needed by the guard
         bad_loss = not math.isfinite(loss_v)

@@ -245,7 +245,16 @@ def test_toy_task_as_lm():
     assert (y[:, :4] == -1).all()
     assert torch.equal(y[:, 4:], task.tgt_out)  # the model is graded on the whole target
     assert torch.equal(x[:, 5:], task.tgt_out[:, :-1])
-    # an ignore_index=-1 loss only counts the target positions
-    logits = torch.zeros(3, 8, 10)
-    loss = torch.nn.functional.cross_entropy(logits.view(-1, 10), y.view(-1), ignore_index=-1)
-    assert loss.item() == pytest.approx(torch.log(torch.tensor(10.0)).item())
+    # the models' loss (ignore_index=-1) counts exactly the target positions: with random logits,
+    # counting a source position or dropping a target one changes the value
+    from minigpt.baselines import BigramLM
+    from minigpt.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    for model in (GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=16)), BigramLM(10)):
+        torch.nn.init.normal_(next(model.parameters()), std=1.0)  # far from uniform: every term differs
+        logits, loss = model(x, y)
+        want = torch.nn.functional.cross_entropy(logits[:, 4:].reshape(-1, 10), task.tgt_out.reshape(-1))
+        torch.testing.assert_close(loss, want)
+        counted_all = torch.nn.functional.cross_entropy(logits.reshape(-1, 10), y.clamp(min=0).reshape(-1))
+        assert abs(loss.item() - counted_all.item()) > 1e-2  # the logits tell the two apart

@@ -1,10 +1,13 @@
 """Decoding strategies against hand-written references and each other."""
 
+import random
+from dataclasses import dataclass
+
 import pytest
 import torch
 
 from minigpt.generation import beam_search, filter_top_k, filter_top_p, generate, stream
-from minigpt.model import GPT, GPTConfig
+from minigpt.model import GPT, CachedLanguageModel, GPTConfig, LanguageModel
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +20,17 @@ def model():
 @pytest.mark.parametrize("sampling", [dict(greedy=True), dict(seed=3, top_k=5), dict(seed=4, top_p=0.8)])
 def test_kv_cached_and_uncached_decoding_give_the_same_tokens(model, n, sampling):
     x = torch.randint(0, 23, (2, 3), generator=torch.Generator().manual_seed(n))
-    a = generate(model, x, n, use_cache=True, **sampling)
-    b = generate(model, x, n, use_cache=False, **sampling)
+    fed = []  # tokens per forward pass: the cached path must really feed one new token at a time
+    hook = model.register_forward_pre_hook(lambda m, args: fed.append(args[0].size(1)))
+    try:
+        a = generate(model, x, n, use_cache=True, **sampling)
+        cached_feeds, fed[:] = list(fed), []
+        b = generate(model, x, n, use_cache=False, **sampling)
+    finally:
+        hook.remove()
     assert a.shape == (2, 3 + n) and torch.equal(a, b)
+    assert cached_feeds[0] == 3 and (n == 1 or cached_feeds.count(1) >= min(n - 1, 12 - 3))
+    assert fed == [min(3 + i, 12) for i in range(n)]  # uncached: the whole (cropped) context every step
 
 
 def test_greedy_is_the_argmax_of_a_plain_loop(model):
@@ -54,8 +65,109 @@ def test_top_p_keeps_the_smallest_nucleus():
     assert torch.isfinite(filter_top_p(logits, 0.75)).tolist() == [[True, True, False, False]]
     assert torch.isfinite(filter_top_p(logits, 0.81)).tolist() == [[True, True, True, False]]
     assert torch.isfinite(filter_top_p(logits, 1.0)).all()
+    assert torch.isfinite(filter_top_p(torch.tensor([[0.0, float("-inf"), -1.0]]), 1.0)).tolist() == [
+        [True, False, True]]
     shuffled = logits[:, [2, 0, 3, 1]]  # order must not matter
     assert torch.isfinite(filter_top_p(shuffled, 0.75)).tolist() == [[False, True, False, True]]
+
+
+def test_top_p_of_one_keeps_every_token_with_nonzero_probability():
+    # peaked rows: summed from the top in float32 the mass reaches 1.0 before the tail is counted
+    g = torch.Generator().manual_seed(0)
+    for scale in (1.0, 8.0, 16.0, 30.0):
+        logits = torch.randn(64, 40, generator=g) * scale
+        kept = torch.isfinite(filter_top_p(logits, 1.0))
+        assert torch.equal(kept, logits.softmax(-1) > 0), scale
+
+
+@pytest.mark.parametrize("p", [0.3, 0.9, 0.95, 0.99, 0.999, 1.0])
+def test_top_p_agrees_with_hugging_faces_warper(p):
+    warper = pytest.importorskip("transformers.generation.logits_process").TopPLogitsWarper(p)
+    g = torch.Generator().manual_seed(int(p * 1000))
+    for scale in (0.5, 2.0, 8.0, 20.0):
+        logits = torch.randn(128, 50, generator=g) * scale
+        assert torch.equal(torch.isfinite(filter_top_p(logits, p)), torch.isfinite(warper(None, logits)))
+
+
+def _hf_beam_case(case: int):
+    """A tiny random GPT-2 (HF) with the same weights in minigpt, a prompt and beam settings."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from minigpt.hf import gpt2_to_minigpt
+
+    rnd = random.Random(case)
+    torch.manual_seed(case)
+    V, W, n, T = rnd.randint(4, 16), rnd.randint(1, 4), rnd.randint(1, 10), rnd.randint(1, 4)
+    lp = rnd.choice([1.0, 0.0, 2.0, -0.5, 0.7])
+    # a wide init makes the next-token distributions peaked, so near-ties (float noise between two
+    # implementations) are rare
+    cfg = GPT2Config(vocab_size=V, n_positions=32, n_embd=16, n_layer=2, n_head=2, initializer_range=0.5)
+    hf = GPT2LMHeadModel(cfg).eval()
+    ours = gpt2_to_minigpt(hf).eval()
+    idx = torch.randint(0, V, (1, T))
+    eos = rnd.randrange(V)
+    if case % 4:  # mostly an end token that greedy decoding emits, so beams run into it
+        eos = int(generate(ours, idx, n + 1, greedy=True)[0, T + rnd.randrange(n + 1)])
+    return hf, ours, idx, dict(W=W, n=n, lp=lp, eos=eos)
+
+
+def test_beam_search_matches_hugging_face_generate_on_random_models():
+    pytest.importorskip("transformers")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    cases, ended_early = 200, 0
+    for case in range(cases):
+        hf, ours, idx, s = _hf_beam_case(case)
+        want = hf.generate(idx, attention_mask=torch.ones_like(idx), do_sample=False, num_beams=s["W"],
+                           eos_token_id=s["eos"], pad_token_id=s["eos"], length_penalty=s["lp"],
+                           max_new_tokens=s["n"])
+        got = beam_search(ours, idx, s["n"], beam_width=s["W"], length_penalty=s["lp"], eos_id=s["eos"],
+                          use_cache=case % 2 == 0)
+        assert torch.equal(got, want), (case, s, got.tolist(), want.tolist())
+        ended_early += got.size(1) < idx.size(1) + s["n"]
+    assert ended_early >= cases // 5  # the end token really cut beams short (in about 60% of the cases)
+
+
+@dataclass
+class TinyConfig:
+    block_size: int = 6
+
+
+class CumulativeMeanLM(torch.nn.Module):
+    """A model written to the documented contract only (no GPT, no last_only, no KV cache): the
+    next-token logits read the mean embedding of the context so far."""
+
+    def __init__(self, vocab_size: int = 11) -> None:
+        super().__init__()
+        self.config = TinyConfig()
+        self.emb = torch.nn.Embedding(vocab_size, 8)
+        self.head = torch.nn.Linear(8, vocab_size)
+
+    def forward(self, idx, targets=None):
+        T = idx.size(1)
+        x = self.emb(idx).cumsum(1) / torch.arange(1, T + 1).view(1, T, 1)  # (B, T, 8)
+        logits = self.head(x)  # (B, T, V)
+        loss = None if targets is None else torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return logits, loss
+
+
+def test_a_model_following_the_documented_contract_works_with_every_decoder():
+    torch.manual_seed(0)
+    model = CumulativeMeanLM().train()
+    assert isinstance(model, LanguageModel) and not isinstance(model, CachedLanguageModel)
+    idx = torch.tensor([[1, 2, 3]])
+    ref = idx
+    for _ in range(9):  # runs past block_size = 6: the context is cropped as for GPT
+        logits, _ = model(ref[:, -6:])
+        ref = torch.cat([ref, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(generate(model, idx, 9, greedy=True), ref)
+    sampled = generate(model, idx.repeat(2, 1), 9, seed=5, top_k=4, top_p=0.9)
+    assert torch.equal(torch.cat([idx.repeat(2, 1), *stream(model, idx.repeat(2, 1), 9, seed=5, top_k=4,
+                                                              top_p=0.9)], dim=1), sampled)
+    assert torch.equal(beam_search(model, idx, 9, beam_width=1), ref)
+    beams = beam_search(model, idx, 9, beam_width=3, eos_id=int(ref[0, 5]))
+    assert beams.size(1) <= 12 and model.training  # decoders restore the training flag
 
 
 def test_beam_width_one_is_greedy_and_wider_beams_score_at_least_as_high(model):

@@ -327,10 +327,14 @@ def test_resume_without_checkpoint_starts_fresh_and_continues_after(tmp_path):
 
 def test_bf16_autocast_on_cpu_trains():
     x, y = fixed_batch()
-    trainer = Trainer(tiny_gpt(), lambda s, g: (x, y), quiet(max_iters=5, eval_interval=5, dtype="bfloat16"))
+    model = tiny_gpt()
+    trainer = Trainer(model, lambda s, g: (x, y), quiet(max_iters=5, eval_interval=5, dtype="bfloat16"))
     assert trainer.dtype is torch.bfloat16 and not trainer.scaler.is_enabled()
-    seen = []
-    trainer.callback = lambda ev: seen.append(ev.model(x)[0].dtype) if ev.kind == "step" else None
+    # what the matmuls really ran in: under autocast a Linear returns bfloat16 from float32 weights
+    seen = {True: set(), False: set()}
+    model.lm_head.register_forward_hook(lambda m, args, out: seen[m.training].add(out.dtype))
     history = trainer.fit()
+    assert seen == {True: {torch.bfloat16}, False: {torch.bfloat16}}, seen  # training steps and evals
+    assert all(p.dtype is torch.float32 for p in model.parameters())  # the master weights stay fp32
     assert history.status == "completed" and math.isfinite(history.evals[-1]["val_loss"])
     assert history.evals[-1]["val_loss"] < history.evals[0]["val_loss"]

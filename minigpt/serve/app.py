@@ -15,6 +15,7 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import MutableMapping
 from dataclasses import asdict, is_dataclass
 from importlib import resources
 from typing import Any
@@ -141,8 +142,8 @@ class _Gate:
     def __init__(self, app: Any, settings: ServeSettings, metrics: ServeMetrics) -> None:
         self.app, self.settings, self.metrics = app, settings, metrics
 
-    def _authorised(self, headers: dict[bytes, bytes]) -> bool:
-        key = self.settings.api_key.encode()
+    def _authorised(self, headers: dict[bytes, bytes], api_key: str) -> bool:
+        key = api_key.encode()
         given = headers.get(b"x-api-key")
         auth = headers.get(b"authorization", b"")
         if given is None and auth[:7].lower() == b"bearer ":
@@ -169,7 +170,7 @@ class _Gate:
             if status >= 400:
                 self.metrics.errors.labels(endpoint=endpoint, status=str(status)).inc()
 
-        async def send_watch(message: dict) -> None:
+        async def send_watch(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":  # count before the client can see the answer
                 count(message["status"])
             await send(message)
@@ -177,7 +178,8 @@ class _Gate:
         headers = dict(scope.get("headers") or [])
         try:
             response = None
-            if self.settings.api_key is not None and path != "/healthz" and not self._authorised(headers):
+            api_key = self.settings.api_key
+            if api_key is not None and path != "/healthz" and not self._authorised(headers, api_key):
                 extra = {"WWW-Authenticate": 'Basic realm="minigpt playground"'} if path == "/" else None
                 response = _error(
                     401, "missing or wrong API key: send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
@@ -212,6 +214,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 async def _next_event(job: Job, request: Request) -> tuple | None:
     """The job's next event, or None once the client has hung up (checked every 0.25 s)."""
+    if job.events is None:
+        raise RuntimeError("the job was submitted without an event queue")
     getter = asyncio.ensure_future(job.events.get())
     try:
         while True:
@@ -316,13 +320,15 @@ def create_app(
         ids = encode(req.prompt)
         sampling = Sampling(req.temperature, req.top_k, req.top_p, req.greedy, None if req.greedy else req.seed)
         loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        assert req.max_new_tokens is not None  # parse() filled in the server's default
         job = Job(ids=ids[-block_size:], max_new_tokens=req.max_new_tokens, sampling=sampling,
-                  stop=tuple(req.stop or ()), loop=loop, events=asyncio.Queue())
+                  stop=tuple(req.stop or ()), loop=loop, events=queue)
         metrics.prompt_tokens.inc(len(ids))
         if engine.lookup(job):
             for i, tok in enumerate(job.out_ids):  # replay so streamed and plain answers look the same
-                job.events.put_nowait(("token", tok, job.text if i == len(job.out_ids) - 1 else ""))
-            job.events.put_nowait(("done", job.finish_reason))
+                queue.put_nowait(("token", tok, job.text if i == len(job.out_ids) - 1 else ""))
+            queue.put_nowait(("done", job.finish_reason))
         else:
             try:
                 engine.submit(job)
@@ -382,7 +388,7 @@ def create_app(
         return {
             "name": settings.model_name,
             "model_class": type(model).__name__,
-            "config": asdict(config) if is_dataclass(config) else dict(config),
+            "config": asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config),
             "parameters": int(model.num_params()) if hasattr(model, "num_params")
             else sum(p.numel() for p in model.parameters()),
             "vocab_size": int(tokenizer.vocab_size),

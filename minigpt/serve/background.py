@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 __all__ = ["free_port", "ThreadServer", "ServerProcess"]
 
@@ -67,6 +67,7 @@ class ServerProcess:
                      "--host", "127.0.0.1", "--port", str(self.port), *extra_args]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
+        self._log: TextIO | None = None  # the server's output, open between start and stop
         self.log_path = os.path.join(tempfile.gettempdir(), f"minigpt-serve-{self.port}.log")
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
@@ -102,7 +103,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout)
-        if getattr(self, "_log", None) is not None:
+        if self._log is not None:
             self._log.close()
             self._log = None
 

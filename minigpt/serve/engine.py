@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from minigpt.generation import NextTokenLogits, sample_next
+from minigpt.model import LanguageModel
 
 from .cache import LRUCache
 from .metrics import ServeMetrics
@@ -96,6 +97,9 @@ class BatchingEngine:
     """A bounded queue of :class:`Job` and one worker thread that decodes them in batches."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, settings: Any, metrics: ServeMetrics) -> None:
+        if not isinstance(model, LanguageModel):
+            raise TypeError(f"{type(model).__name__} does not follow the minigpt model contract (config.block_size, "
+                            "model(idx) -> (logits, loss)); see minigpt.model.LanguageModel")
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
