@@ -2,6 +2,7 @@
 
 import argparse
 import ast
+import copy
 import csv
 import re
 import shutil
@@ -11,9 +12,12 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 
-from minigpt import course
+from minigpt import course, grading
+from minigpt.annotate import AnnotateError, annotate_notebook, checker_call, hidden_region
 from minigpt.course import SolutionMarkerError, make_student_versions, strip_solutions
+from minigpt.exercises import ExerciseNotDone, graded
 
 REPO = Path(__file__).resolve().parents[1]
 REPO_NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -177,69 +181,16 @@ def test_cli_student_writes_the_folder(tmp_path, capsys):
     assert (args.func, args.submissions, args.out, args.timeout) == (course.cli_grade, "subs", "g.csv", 600)
 
 
-def test_import_stays_light():
-    # the CLI imports course.py at start-up: nbformat/nbclient must be imported inside functions only
-    tree = ast.parse(Path(course.__file__).read_text())
+@pytest.mark.parametrize("module", ["course", "annotate", "grading", "exercises/_graded"])
+def test_import_stays_light(module):
+    # the CLI imports course.py at start-up: nbformat/nbclient/nbgrader are imported inside functions only
+    tree = ast.parse((REPO / "minigpt" / f"{module}.py").read_text())
     top = [a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names]
     top += [n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module]
-    assert top and not {m.split(".")[0] for m in top} & {"nbformat", "nbclient", "torch"}
+    assert top and not {m.split(".")[0] for m in top} & {"nbformat", "nbclient", "nbgrader", "torch"}
 
 
 # ----------------------------------------------------------------------------- running and grading
-
-
-@pytest.mark.slow
-def test_grade_writes_one_row_per_student_and_exercise(tmp_path):
-    """alice submits the solution, bob the untouched student version, carol a wrong answer plus a crash.
-
-    bob's row also shows that executing a student version (nbclient, allow_errors=True) records
-    "not done" and raises nowhere: any error output would have added a "(cell N)" row.
-    """
-    solution = synthetic_notebook()
-    write_nb(solution, tmp_path / "src" / "99_test.ipynb")
-    (stub,) = make_student_versions(tmp_path / "src", tmp_path / "student")
-    subs = tmp_path / "submissions"
-    write_nb(solution, subs / "alice" / "99_test.ipynb")  # folder layout
-    shutil.copy(stub, subs / "bob__99_test.ipynb")  # flat layout
-    wrong = synthetic_notebook(
-        scaffold="def my_add(a, b):\n    return a - b",
-        extra_cells=[_code("print(undefined_name)")],  # a crash outside the checker
-    )
-    write_nb(wrong, subs / "carol" / "99_test.ipynb")
-    (subs / "carol" / ".ipynb_checkpoints").mkdir()
-    write_nb(wrong, subs / "carol" / ".ipynb_checkpoints" / "99_test-checkpoint.ipynb")  # ignored
-
-    out = tmp_path / "grades" / "grades.csv"
-    course.grade(subs, out, timeout=120)
-    with open(out, newline="") as f:
-        reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames) == course.CSV_COLUMNS
-        rows = [(r["student"], r["notebook"], r["exercise"], r["status"], r["message"]) for r in reader]
-    assert rows[:2] == [
-        ("alice", "99_test", "99.1 add", "passed", ""),
-        ("bob", "99_test", "99.1 add", "not done", "still raises NotImplementedError"),
-    ]
-    assert rows[2] == ("carol", "99_test", "99.1 add", "failed", "add(2, 3) should be 5: did you subtract?")
-    assert rows[3][:4] == ("carol", "99_test", "(cell 5)", "error")
-    assert rows[3][4] == "NameError: name 'undefined_name' is not defined"
-    assert len(rows) == 4
-
-
-def test_error_outputs_become_rows_except_checker_failures():
-    nb = nbformat.v4.new_notebook()
-    errors = [("ExerciseFailed", "already in the results file"), ("NotImplementedError", "hint"),
-              ("KeyboardInterrupt", ""), ("ZeroDivisionError", "division by zero")]
-    nb.cells = [nbformat.v4.new_markdown_cell("text")]
-    for ename, evalue in errors:
-        cell = _code("x")
-        cell.outputs = [nbformat.v4.new_output("error", ename=ename, evalue=evalue, traceback=[])]
-        nb.cells.append(cell)
-    rows = [(r.exercise, r.status, r.message) for r in course._cell_error_rows(nb, "s", "n", timeout=7)]
-    assert rows == [
-        ("(cell 3)", "not done", "NotImplementedError: hint"),
-        ("(cell 4)", "error", "KeyboardInterrupt: the cell ran longer than 7 s (the per-cell timeout)"),
-        ("(cell 5)", "error", "ZeroDivisionError: division by zero"),
-    ]
 
 
 def test_find_submissions_layouts_and_bad_names(tmp_path):
@@ -253,12 +204,246 @@ def test_find_submissions_layouts_and_bad_names(tmp_path):
         course.find_submissions(tmp_path)
 
 
-def test_unreadable_submission_is_an_error_row(tmp_path):
-    (tmp_path / "dan").mkdir()
-    (tmp_path / "dan" / "01.ipynb").write_text("not json")
-    rows = course.grade(tmp_path, tmp_path / "g.csv")
-    assert [(r.student, r.exercise, r.status) for r in rows] == [("dan", "(notebook)", "error")]
-    assert "cannot read 01.ipynb" in rows[0].message
+# ----------------------------------------------------------------------------- nbgrader metadata (annotate)
+
+SCORES_SOLUTION = "    return q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))"
+MASK_SOLUTION = "    return torch.tril(torch.ones(T, T, dtype=torch.bool))"
+ANSWER_KEY = "**Answer key (instructor).** Position j > i is the future: 10 of the 16 entries stay."
+
+
+def graded_source():
+    """An instructor's notebook following the conventions: two checked exercises and one written answer."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    md, code = nbformat.v4.new_markdown_cell, _code
+    nb.cells = [
+        md("# 01 · A test notebook"),
+        code("import math\nfrom pathlib import Path\n\nimport torch"),
+        md("### Exercise 01.1 (easy, ~5 min) · attention scores\nWrite `my_scores`."),
+        code(f"def my_scores(q, k):\n    # HINT: q @ k^T / sqrt(d)\n    ### BEGIN SOLUTION\n{SCORES_SOLUTION}\n"
+             f"    ### END SOLUTION"),
+        code("from minigpt.exercises import check_attention_scores\ncheck_attention_scores(my_scores)"),
+        md("### Exercise 01.3 (hard, ~10 min) · causal mask\nWrite `my_causal_mask`, then write your answer "
+           "in the cell below."),
+        code(f"def my_causal_mask(T):\n    ### BEGIN SOLUTION\n{MASK_SOLUTION}\n    ### END SOLUTION"),
+        code("from minigpt.exercises import check_causal_mask\nok = check_causal_mask(my_causal_mask)"),
+        md(f"### BEGIN SOLUTION\n{ANSWER_KEY}\n### END SOLUTION"),
+    ]
+    return nb
+
+
+def test_annotate_gives_each_kind_of_cell_its_metadata_and_is_idempotent():
+    nb = annotate_notebook(graded_source())
+    meta = [c.metadata["nbgrader"] for c in nb.cells]
+    assert all(m["schema_version"] == 3 for m in meta)
+    assert [m["grade_id"] for m in meta] == ["cell_0", "cell_1", "cell_2", "ex01_1_code", "ex01_1_check", "cell_5",
+                                            "ex01_3_code", "ex01_3_check", "ex01_3_written"]
+    assert meta[3] == {"grade": False, "grade_id": "ex01_1_code", "locked": False, "schema_version": 3,
+                       "solution": True, "task": False}
+    assert (meta[4]["grade"], meta[4]["solution"], meta[4]["locked"], meta[4]["points"]) == (True, False, True, 1)
+    assert meta[7]["points"] == 3  # hard
+    assert (meta[8]["grade"], meta[8]["solution"], meta[8]["locked"], meta[8]["points"]) == (True, True, False, 2)
+    assert all(m["locked"] and not m["grade"] for m in (meta[0], meta[1], meta[2], meta[5]))
+    assert nb.cells[7].source == (
+        "from minigpt.exercises import check_causal_mask\nok = check_causal_mask(my_causal_mask)\n\n"
+        '### BEGIN HIDDEN TESTS\nfrom minigpt.exercises import graded\ngraded("01.3", my_causal_mask)\n'
+        "### END HIDDEN TESTS"
+    )
+    again = annotate_notebook(nb)
+    assert [(c.source, c.metadata) for c in again.cells] == [(c.source, c.metadata) for c in nb.cells]
+
+
+def test_hidden_test_call_keeps_every_argument():
+    _, exercise, args = checker_call("check_causal_mask(f, 3, size=SIZE, cap=0.5 if FAST else 0.9, **extra)")
+    assert exercise == "01.3 causal mask"
+    assert hidden_region(exercise, args).splitlines()[2] == (
+        'graded("01.3", f, 3, size=SIZE, cap=0.5 if FAST else 0.9, **extra)')
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda nb: nb.cells.pop(5), "checks exercise 01.3 but the notebook has no"),
+    (lambda nb: setattr(nb.cells[2], "source", "Write `my_scores`."), "before any `### Exercise"),
+    (lambda nb: setattr(nb.cells[5], "source", "### Exercise 01.3 · mask"), "does not say easy, medium or hard"),
+])
+def test_annotate_errors_name_the_cell_and_the_fix(change, words):
+    nb = graded_source()
+    change(nb)
+    with pytest.raises(AnnotateError, match=re.escape(words)) as e:
+        annotate_notebook(nb, "nb.ipynb")
+    assert str(e.value).startswith("nb.ipynb, cell ")
+
+
+def test_cli_annotate_check_fails_on_stale_metadata_then_passes(tmp_path, capsys):
+    path = write_nb(graded_source(), tmp_path / "01_test.ipynb")
+    parser = argparse.ArgumentParser(prog="minigpt")
+    course.add_cli(parser.add_subparsers(dest="command"))
+    run = lambda *argv: (lambda a: a.func(a))(parser.parse_args(["course", "annotate", *argv]))  # noqa: E731
+    assert run("--check", str(path)) == 1
+    assert "run: minigpt course annotate" in capsys.readouterr().out
+    assert run(str(path)) == 0 and run("--check", str(path)) == 0
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[4].source = "from minigpt.exercises import check_attention_scores\ncheck_attention_scores(other)"
+    nbformat.write(nb, path)
+    assert run("--check", str(path)) == 1  # hidden tests no longer call what the visible call checks
+
+
+def test_student_version_drops_hidden_tests_and_keeps_nbgrader_metadata(tmp_path):
+    write_nb(annotate_notebook(graded_source()), tmp_path / "src" / "01_test.ipynb")
+    (path,) = make_student_versions(tmp_path / "src", tmp_path / "student")
+    nb = nbformat.read(path, as_version=4)
+    assert nb.cells[7].source == "from minigpt.exercises import check_causal_mask\nok = check_causal_mask(my_causal_mask)"
+    assert nb.cells[8].source == "YOUR ANSWER HERE"
+    assert nb.cells[7].metadata["nbgrader"]["grade_id"] == "ex01_3_check"
+    assert "Answer key" not in path.read_text()
+
+
+# ----------------------------------------------------------------------------- graded() and the grader's cell
+
+
+def _mask(T):
+    return torch.tril(torch.ones(T, T, dtype=torch.bool))
+
+
+def test_graded_raises_unless_passed_and_ignores_monkeypatching(monkeypatch):
+    import minigpt.exercises as exercises
+    from minigpt.exercises import _core, nb01
+
+    assert graded("01.3", _mask) is None
+    with pytest.raises(ExerciseNotDone, match="not done"):
+        graded("01.3", lambda T: (_ for _ in ()).throw(NotImplementedError("hint")))
+    wrong = lambda T: torch.ones(T, T, dtype=torch.bool)  # noqa: E731
+    fake = lambda fn: exercises.CheckResult("01.3 causal mask", "passed")  # noqa: E731
+    for owner in (exercises, nb01):
+        monkeypatch.setattr(owner, "check_causal_mask", fake)
+    monkeypatch.setattr(_core, "expect", lambda cond, msg: None)
+    monkeypatch.setattr(nb01, "expect", lambda cond, msg: None)
+    with pytest.raises(AssertionError, match="see the future"):
+        graded("01.3", wrong)
+
+
+def test_grader_cell_replaces_the_call_and_reads_only_its_own_token():
+    ex = next(e for e in grading.source_exercises(graded_source()) if e.grade_id == "ex01_3_check")
+    cell = grading.grader_cell(ex, "a" * 32)
+    compile(cell, "cell", "exec")
+    assert 'ok = _minigpt_grade_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa("01.3", my_causal_mask)' in cell
+    assert "check_causal_mask(" not in cell and "HIDDEN" not in cell
+
+    def out(*lines):
+        return nbformat.v4.new_code_cell(outputs=[nbformat.v4.new_output("stream", name="stdout", text=t)
+                                                  for t in lines])
+
+    line = lambda token, status: f'MINIGPT-GRADE {token} {{"exercise": "01.3", "status": "{status}"}}\n'  # noqa: E731
+    assert grading._record(out(line("a" * 32, "failed")), "a" * 32)["status"] == "failed"
+    assert grading._record(out(line("b" * 32, "passed")), "a" * 32) is None  # someone else's token
+    assert grading._record(out(line("a" * 32, "failed"), line("a" * 32, "passed")), "a" * 32) is None  # two records
+
+
+# ----------------------------------------------------------------------------- grading submissions (kernels)
+
+FORGERY_CELL = '''import json, os
+import minigpt.exercises as E, minigpt.exercises._core as C, minigpt.exercises.nb01 as N
+from minigpt.exercises import CheckResult
+fake = lambda fn, *a, **k: CheckResult("01.3 causal mask", "passed")
+check_causal_mask = E.check_causal_mask = N.check_causal_mask = fake
+C.expect = N.expect = lambda cond, msg: None
+print('MINIGPT-GRADE 0123456789abcdef {"exercise": "01.3 causal mask", "status": "passed", "message": ""}')
+with open(os.environ.get("MINIGPT_RESULTS_FILE") or "results.jsonl", "a") as f:
+    f.write(json.dumps({"exercise": "01.3 causal mask", "status": "passed", "message": ""}) + "\\n")
+Path("../out").mkdir(exist_ok=True)
+Path("../out/mallory.txt").write_text("mallory was here")
+from minigpt.exercises import check_attention_scores
+check_attention_scores(my_scores), check_attention_scores(my_scores), check_causal_mask(my_causal_mask)'''
+
+
+def _submission(student_nb, solutions: dict, edits=None):
+    """The student version with the given grade_ids' cells replaced by the instructor's and ``edits``."""
+    nb = copy.deepcopy(student_nb)
+    for cell in nb.cells:
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if gid in solutions:
+            cell.source = solutions[gid]
+    for fn in edits or ():
+        fn(nb)
+    return nb
+
+
+def _grading_class(tmp_path):
+    source = annotate_notebook(graded_source())
+    write_nb(source, tmp_path / "src" / "01_test.ipynb")
+    (stub,) = make_student_versions(tmp_path / "src", tmp_path / "student")
+    student = nbformat.read(stub, as_version=4)
+    sol = {c.metadata["nbgrader"]["grade_id"]: c.source for c in source.cells}
+    right = {k: v for k, v in sol.items() if k.endswith("_code")}
+    right["ex01_3_written"] = "Everything above the diagonal is the future, so it is masked out."
+    at = lambda i, src: (lambda nb: nb.cells.insert(i, nbformat.v4.new_code_cell(src)))  # noqa: E731
+
+    def no_metadata(nb):  # an old student version: matched by the exercise headings instead
+        for cell in nb.cells:
+            cell.metadata.pop("nbgrader", None)
+
+    oscar_mask = right["ex01_3_code"].replace(
+        "    return", '    assert not Path("../out/mallory.txt").exists(), "I can see mallory\'s files"\n    return')
+    subs = {
+        "alice": _submission(student, right, [no_metadata]),
+        "bob": student,
+        "erin": _submission(student, right, [lambda nb: nb.cells.pop(7)]),  # deleted the 01.3 checker cell
+        "mallory": _submission(student, {**right, "ex01_3_code": right["ex01_3_code"].replace("tril", "triu")},
+                               [at(7, FORGERY_CELL)]),
+        "oscar": _submission(student, {**right, "ex01_3_code": oscar_mask}),
+        "tim": _submission(student, right, [at(5, "while True:\n    pass")]),
+    }
+    for name, nb in subs.items():
+        write_nb(nb, tmp_path / "subs" / name / "ps1" / "01_test.ipynb")
+    return tmp_path / "subs", tmp_path / "src"
+
+
+def _table(rows):
+    return {(r.student, r.exercise): (r.status, r.points) for r in rows}
+
+
+@pytest.mark.slow
+def test_grade_counts_only_the_graders_own_check(tmp_path):
+    subs, src = _grading_class(tmp_path)
+    opts = grading.RunOptions(fast=True, timeout=30)
+    out = tmp_path / "grades" / "grades.csv"
+    rows = course.grade(subs, out, source_dir=src, opts=opts, jobs=3)
+    table = _table(rows)
+    assert len(rows) == 6 * 3  # one row per student and exercise, whatever the notebook printed or called
+    assert table[("alice", "01.1 attention scores")] == ("passed", 1)  # matched by heading (no metadata)
+    assert table[("alice", "01.3 causal mask")] == ("passed", 3)
+    assert table[("alice", "01.3 written answer")] == ("needs manual grading", 0)
+    assert {table[("bob", e)] for e in ("01.1 attention scores", "01.3 causal mask", "01.3 written answer")} == {
+        ("not done", 0)}
+    assert table[("erin", "01.3 causal mask")] == ("missing", 0)
+    assert table[("mallory", "01.1 attention scores")] == ("passed", 1)  # called three times, counted once
+    assert table[("mallory", "01.3 causal mask")] == ("failed", 0)  # forged line, results file, rebinding: no pass
+    assert table[("oscar", "01.3 causal mask")] == ("passed", 3)  # mallory's ../out is not oscar's
+    assert table[("tim", "01.1 attention scores")] == ("passed", 1)
+    assert table[("tim", "01.3 causal mask")][0] == "timed out"
+    assert {r.mode for r in rows} == {"fast"}
+    with open(out.with_name("grades_summary.csv"), newline="") as f:
+        summary = {r["student"]: r for r in csv.DictReader(f)}
+    assert (summary["alice"]["points"], summary["alice"]["max_points"], summary["alice"]["ps1/01_test"]) == (
+        "4", "4", "4/4")
+    assert summary["mallory"]["points"] == "1" and summary["alice"]["manual_max_points"] == "2"
+    report = (out.parent / "reports" / "alice.md").read_text()
+    assert "Everything above the diagonal" in report and "| 01.3 causal mask | passed | 3/3 |" in report
+    assert "see the future" in (out.parent / "reports" / "mallory.md").read_text()
+    sequential = course.grade(subs, tmp_path / "seq" / "grades.csv", source_dir=src,
+                              opts=grading.RunOptions(fast=True, timeout=30), jobs=1)
+    assert _table(sequential) == table
+
+
+def test_unreadable_submission_and_unknown_notebook_are_error_rows(tmp_path):
+    write_nb(annotate_notebook(graded_source()), tmp_path / "src" / "01_test.ipynb")
+    (tmp_path / "subs" / "dan").mkdir(parents=True)
+    (tmp_path / "subs" / "dan" / "01_test.ipynb").write_text("not json")
+    (tmp_path / "subs" / "dan" / "07_other.ipynb").write_text("{}")
+    rows = course.grade(tmp_path / "subs", tmp_path / "g.csv", source_dir=tmp_path / "src")
+    assert [(r.exercise, r.status) for r in rows] == [
+        ("01.1 attention scores", "error"), ("01.3 causal mask", "error"), ("01.3 written answer", "error"),
+        ("(notebook)", "error")]
+    assert "cannot read 01_test.ipynb" in rows[0].message and "no instructor notebook 07_other" in rows[3].message
 
 
 # ----------------------------------------------------------------------------- the course's notebooks
