@@ -23,12 +23,15 @@ import re
 from functools import cache
 from pathlib import Path
 
-__all__ = ["AnnotateError", "HEADING", "annotate_notebook", "annotate_paths", "checker_ids", "exercise_headings"]
+__all__ = ["AnnotateError", "HEADING", "STRICT_HEADING", "annotate_notebook", "annotate_paths", "checker_ids",
+           "exercise_headings", "strip_hidden_tests"]
 
 # Lenient: difficulty is enough to give points ("harder" counts as hard); tests/test_course.py
 # enforces the full form `### Exercise NN.k (easy|medium|hard, ~M min) · title`.
 HEADING = re.compile(r"^#+[ \t]*Exercise[ \t]+(?P<id>\d\d\.\d+)\b[ \t]*(?:\((?P<difficulty>easy|medium|hard))?",
                      re.MULTILINE)
+STRICT_HEADING = re.compile(
+    r"^### Exercise (?P<id>\d\d\.\d+) \((?P<difficulty>easy|medium|hard), ~(?P<minutes>\d+) min\) · (?P<title>\S.*)$")
 POINTS = {"easy": 1, "medium": 2, "hard": 3}
 WRITTEN_POINTS = {"easy": 1, "medium": 2, "hard": 2}
 HIDDEN_BEGIN, HIDDEN_END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
@@ -91,8 +94,9 @@ def checker_call(source: str) -> tuple[str, str, list[str]] | None:
         raise AnnotateError(f"calls {sorted({c.func.id for c in calls})}: one checker per cell")
     call, text = calls[0], strip_hidden_tests(source)
     args = [ast.get_source_segment(text, a) for a in call.args]
-    args += [f"{k.arg}={ast.get_source_segment(text, k.value)}" if k.arg else f"**{ast.get_source_segment(text, k.value)}"
-             for k in call.keywords]
+    for k in call.keywords:
+        value = ast.get_source_segment(text, k.value)
+        args.append(f"{k.arg}={value}" if k.arg else f"**{value}")
     return call.func.id, ids[call.func.id], args
 
 
@@ -119,7 +123,7 @@ def _annotate_cell(cell, i: int, current: str | None, headings: dict, used: set[
     """Set one cell's nbgrader metadata (and hidden tests for a checker cell)."""
     def need_exercise(what: str) -> str:
         if current is None:
-            raise AnnotateError(f"{where}: {what} before any `### Exercise NN.k (...)` heading; add the heading above it")
+            raise AnnotateError(f"{where}: {what} before any `### Exercise NN.k (...)` heading; add one above it")
         return current
 
     def unique(grade_id: str) -> str:

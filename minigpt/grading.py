@@ -181,7 +181,8 @@ def _offset(lines: list[str], lineno: int, col: int) -> int:
 def grader_cell(ex: Exercise, token: str) -> str:
     """The instructor's checker cell with its checker call replaced by the grader's report call."""
     source, names = ex.source, set(checker_ids())
-    call = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Call) and getattr(n.func, "id", None) in names)
+    call = next(n for n in ast.walk(ast.parse(source))
+                if isinstance(n, ast.Call) and getattr(n.func, "id", None) in names)
     lines = source.split("\n")
     start, args_start = _offset(lines, call.lineno, call.col_offset), _offset(lines, call.func.end_lineno,
                                                                                call.func.end_col_offset)
@@ -238,7 +239,8 @@ def kernel_env(workroot: Path, fast: bool) -> dict[str, str]:
     home = Path.home()
     env.setdefault("HF_HOME", str(home / ".cache" / "huggingface"))
     env.setdefault("TORCH_HOME", str(home / ".cache" / "torch"))
-    for name, sub in (("HOME", "home"), ("MPLCONFIGDIR", "mpl"), ("IPYTHONDIR", "ipython"), ("XDG_CACHE_HOME", "cache")):
+    private = (("HOME", "home"), ("MPLCONFIGDIR", "mpl"), ("IPYTHONDIR", "ipython"), ("XDG_CACHE_HOME", "cache"))
+    for name, sub in private:
         (workroot / sub).mkdir(parents=True, exist_ok=True)
         env[name] = str(workroot / sub)
     env.update(MINIGPT_FAST="1" if fast else "0", MPLBACKEND="Agg")

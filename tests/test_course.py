@@ -15,7 +15,14 @@ import pytest
 import torch
 
 from minigpt import course, grading
-from minigpt.annotate import AnnotateError, annotate_notebook, checker_call, hidden_region
+from minigpt.annotate import (
+    STRICT_HEADING,
+    AnnotateError,
+    annotate_notebook,
+    annotate_paths,
+    checker_call,
+    hidden_region,
+)
 from minigpt.course import SolutionMarkerError, make_student_versions, strip_solutions
 from minigpt.exercises import ExerciseNotDone, graded
 
@@ -291,7 +298,8 @@ def test_student_version_drops_hidden_tests_and_keeps_nbgrader_metadata(tmp_path
     write_nb(annotate_notebook(graded_source()), tmp_path / "src" / "01_test.ipynb")
     (path,) = make_student_versions(tmp_path / "src", tmp_path / "student")
     nb = nbformat.read(path, as_version=4)
-    assert nb.cells[7].source == "from minigpt.exercises import check_causal_mask\nok = check_causal_mask(my_causal_mask)"
+    assert nb.cells[7].source == ("from minigpt.exercises import check_causal_mask\n"
+                                  "ok = check_causal_mask(my_causal_mask)")
     assert nb.cells[8].source == "YOUR ANSWER HERE"
     assert nb.cells[7].metadata["nbgrader"]["grade_id"] == "ex01_3_check"
     assert "Answer key" not in path.read_text()
@@ -485,6 +493,57 @@ def test_repo_student_versions_hide_every_solution(tmp_path):
             if inside and a.cell_type == "code":
                 assert "raise NotImplementedError(" in b.source
         assert n_code_exercises >= 3, f"{src.name} has {n_code_exercises} exercises; the standard asks for 3-6"
+
+
+_EXERCISE_LINE = re.compile(r"^[ \t>]*(#+|\*\*)[ \t]*Exercise\b.*$", re.MULTILINE)  # anything that looks like a heading
+_REGION = re.compile(r"^\s*#+\s*BEGIN SOLUTION\s*\n(?P<key>.*?)\n\s*#+\s*END SOLUTION\s*$", re.DOTALL)
+
+
+@pytest.mark.parametrize("path", REPO_NOTEBOOKS, ids=[p.name for p in REPO_NOTEBOOKS])
+def test_exercise_headings_state_difficulty_and_time_with_consecutive_ids(path):
+    nb = nbformat.read(path, as_version=4)
+    ids = []
+    for i, cell in enumerate(nb.cells, start=1):
+        if cell.cell_type != "markdown":
+            continue
+        for line in _EXERCISE_LINE.finditer(cell.source):
+            m = STRICT_HEADING.match(line.group(0))
+            assert m, f"cell {i}: {line.group(0)!r} is not `### Exercise NN.k (easy|medium|hard, ~M min) · title`"
+            ids.append(m.group("id"))
+    number = path.name[:2]
+    assert ids == [f"{number}.{k}" for k in range(1, len(ids) + 1)], f"exercise ids {ids}: expected {number}.1 .. n"
+    used = {call[1].split()[0] for c in nb.cells if c.cell_type == "code" and (call := checker_call(c.source))}
+    assert used <= set(ids), f"checkers {sorted(used - set(ids))} are called but have no exercise heading"
+
+
+@pytest.mark.parametrize("path", REPO_NOTEBOOKS, ids=[p.name for p in REPO_NOTEBOOKS])
+def test_written_answers_have_a_key_that_student_versions_hide(path, tmp_path):
+    nb = nbformat.read(path, as_version=4)
+    keys = []
+    for i, cell in enumerate(nb.cells, start=1):
+        if cell.cell_type == "markdown" and "BEGIN SOLUTION" in cell.source:
+            m = _REGION.fullmatch(cell.source.strip())
+            assert m, f"cell {i}: a written-answer cell must hold only `### BEGIN SOLUTION` ... `### END SOLUTION`"
+            assert len(m.group("key").strip()) >= 40, f"cell {i}: the answer key is too short to grade against"
+            keys.append(m.group("key"))
+        if "Write your answer in the cell below" in cell.source:
+            nxt = nb.cells[i] if i < len(nb.cells) else None
+            assert nxt is not None and nxt.cell_type == "markdown" and "BEGIN SOLUTION" in nxt.source, (
+                f"cell {i} asks for a written answer but the next cell is not a written-answer cell")
+    course.make_student_version(path, tmp_path / path.name)
+    student = (tmp_path / path.name).read_text()
+    for key in keys:
+        for line in (ln.strip() for ln in key.splitlines()):
+            assert len(line) < 12 or line not in student, f"answer key text left in the student version: {line!r}"
+
+
+@pytest.mark.parametrize("path", REPO_NOTEBOOKS, ids=[p.name for p in REPO_NOTEBOOKS])
+def test_committed_notebook_has_current_nbgrader_metadata(path):
+    try:
+        stale = annotate_paths([path], check=True)[str(path)]
+    except AnnotateError as e:
+        pytest.fail(str(e))
+    assert not stale, f"{stale[:3]}: run `minigpt course annotate {path.relative_to(REPO)}`"
 
 
 @pytest.mark.skipif(not REPO_NOTEBOOKS, reason="no notebooks in notebooks/ yet")
