@@ -412,7 +412,7 @@ def _table(rows):
 @pytest.mark.slow
 def test_grade_counts_only_the_graders_own_check(tmp_path):
     subs, src = _grading_class(tmp_path)
-    opts = grading.RunOptions(fast=True, timeout=30)
+    opts = grading.RunOptions(fast=True, timeout=20)  # tim's `while True` costs 20 s
     out = tmp_path / "grades" / "grades.csv"
     rows = course.grade(subs, out, source_dir=src, opts=opts, jobs=3)
     table = _table(rows)
@@ -437,9 +437,10 @@ def test_grade_counts_only_the_graders_own_check(tmp_path):
     report = (out.parent / "reports" / "alice.md").read_text()
     assert "Everything above the diagonal" in report and "| 01.3 causal mask | passed | 3/3 |" in report
     assert "see the future" in (out.parent / "reports" / "mallory.md").read_text()
-    sequential = course.grade(subs, tmp_path / "seq" / "grades.csv", source_dir=src,
-                              opts=grading.RunOptions(fast=True, timeout=30), jobs=1)
-    assert _table(sequential) == table
+    for name in ("erin", "oscar", "tim"):  # -j 1 on the other half: the same rows
+        shutil.rmtree(subs / name)
+    sequential = course.grade(subs, tmp_path / "seq" / "grades.csv", source_dir=src, opts=opts, jobs=1)
+    assert _table(sequential) == {k: v for k, v in table.items() if k[0] in ("alice", "bob", "mallory")}
 
 
 def test_unreadable_submission_and_unknown_notebook_are_error_rows(tmp_path):
