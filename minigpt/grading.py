@@ -145,7 +145,9 @@ def source_exercises(nb) -> list[Exercise]:
 
 def _match(nb, ex: Exercise) -> int | None:
     """Index of the submission's cell for ``ex``: by grade_id, else by heading (None: deleted)."""
-    by_id = [i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == ex.grade_id]
+    kind = "code" if ex.kind == "check" else "markdown"
+    by_id = [i for i, c in enumerate(nb.cells)
+             if c.metadata.get("nbgrader", {}).get("grade_id") == ex.grade_id and c.cell_type == kind]
     if by_id:
         return by_id[0]
     if any("nbgrader" in c.metadata for c in nb.cells):
@@ -315,7 +317,10 @@ def grade_notebook(path: Path, student: str, notebook: str, source: Path, workro
     import nbformat
 
     mode = "fast" if opts.fast else "full"
-    exercises = source_exercises(nbformat.read(source, as_version=4))
+    try:
+        exercises = source_exercises(nbformat.read(source, as_version=4))
+    except ValueError as e:  # AnnotateError: the instructor's notebook breaks a convention
+        return Outcome([GradeRow(student, notebook, "(notebook)", "error", f"instructor notebook: {e}", mode)])
     try:
         nb = nbformat.read(path, as_version=4)
     except Exception as e:  # not JSON, not a notebook: every exercise is an error row

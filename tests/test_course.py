@@ -448,11 +448,17 @@ def test_unreadable_submission_and_unknown_notebook_are_error_rows(tmp_path):
     (tmp_path / "subs" / "dan").mkdir(parents=True)
     (tmp_path / "subs" / "dan" / "01_test.ipynb").write_text("not json")
     (tmp_path / "subs" / "dan" / "07_other.ipynb").write_text("{}")
+    broken = graded_source()
+    broken.cells.pop(2)  # a scaffold before any exercise heading
+    write_nb(broken, tmp_path / "src" / "02_broken.ipynb")
+    write_nb(broken, tmp_path / "subs" / "dan" / "02_broken.ipynb")
     rows = course.grade(tmp_path / "subs", tmp_path / "g.csv", source_dir=tmp_path / "src")
-    assert [(r.exercise, r.status) for r in rows] == [
-        ("01.1 attention scores", "error"), ("01.3 causal mask", "error"), ("01.3 written answer", "error"),
-        ("(notebook)", "error")]
-    assert "cannot read 01_test.ipynb" in rows[0].message and "no instructor notebook 07_other" in rows[3].message
+    assert [(r.notebook, r.exercise, r.status) for r in rows] == [
+        ("01_test", "01.1 attention scores", "error"), ("01_test", "01.3 causal mask", "error"),
+        ("01_test", "01.3 written answer", "error"), ("02_broken", "(notebook)", "error"),
+        ("07_other", "(notebook)", "error")]
+    assert "cannot read 01_test.ipynb" in rows[0].message and "no instructor notebook 07_other" in rows[4].message
+    assert rows[3].message.startswith("instructor notebook: ") and "before any `### Exercise" in rows[3].message
 
 
 # ----------------------------------------------------------------------------- the course's notebooks
