@@ -33,6 +33,7 @@ __all__ = [
     "add_cli",
     "find_submissions",
     "grade",
+    "grade_notebook",
     "make_student_version",
     "make_student_versions",
     "strip_solutions",
@@ -210,6 +211,27 @@ def make_student_versions(src_dir="notebooks", out_dir="student") -> list[Path]:
         make_student_version(src, out_dir / src.name)
         written.append(out_dir / src.name)
     return written
+
+
+def grade_notebook(path, student: str, notebook: str, *, timeout: int = 600, fast: bool = False,
+                   kernel_name: str = "python3", cwd=None, source_dir=None) -> list:
+    """Grade one submitted notebook (a private copy of it); return its rows (:class:`minigpt.grading.GradeRow`).
+
+    The instructor's notebook is ``<source_dir>/<name>.ipynb``; ``source_dir`` defaults to ``cwd``
+    (where older callers pointed at the notebooks folder), else the repository's ``notebooks/``.
+    """
+    import shutil
+
+    from . import grading
+
+    path = Path(path)
+    source = Path(source_dir or cwd or grading.DEFAULT_SOURCE) / f"{Path(notebook).name}.ipynb"
+    opts = grading.RunOptions(fast=fast, timeout=timeout, kernel_name=kernel_name)
+    with tempfile.TemporaryDirectory(prefix="minigpt-grade-") as tmp:
+        copy = Path(tmp) / "submission" / student / path.name
+        copy.parent.mkdir(parents=True)
+        shutil.copy(path, copy)
+        return grading.grade_notebook(copy, student, notebook, source, Path(tmp), opts).rows
 
 
 # ---------------------------------------------------------------------------------------------

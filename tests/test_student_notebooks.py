@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from minigpt.course import grade, make_student_version
-from minigpt.grading import RunOptions
+from minigpt.course import grade_notebook, make_student_version
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -16,11 +15,10 @@ def test_student_version_of_notebook_01_reports_every_exercise_not_done(tmp_path
     src = NOTEBOOKS / "01_attention_mechanism.ipynb"
     if not src.exists():
         pytest.skip("notebook 01 not present")
-    dst = tmp_path / "subs" / "student" / src.name
+    dst = tmp_path / src.name
     n_regions = make_student_version(src, dst)
     assert n_regions >= 3
-    opts = RunOptions(fast=True, timeout=300)
-    rows = grade(tmp_path / "subs", tmp_path / "grades.csv", source_dir=NOTEBOOKS, opts=opts)
+    rows = grade_notebook(dst, "student", src.stem, timeout=300, fast=True, cwd=NOTEBOOKS)
     statuses = {r.exercise: r.status for r in rows}
     assert len([e for e in statuses if not e.startswith("(")]) >= 3, rows
     assert set(statuses.values()) == {"not done"}, rows
