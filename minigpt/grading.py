@@ -27,7 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .annotate import annotate_notebook, checker_ids, strip_hidden_tests
+from .annotate import HEADING, annotate_notebook, checker_ids, strip_hidden_tests
 
 __all__ = ["CSV_COLUMNS", "Exercise", "GradeRow", "find_submissions", "grade", "grade_student", "source_exercises"]
 
@@ -112,8 +112,6 @@ def find_submissions(submissions_dir) -> list[tuple[str, str, Path]]:
 
 
 def _heading_positions(nb) -> dict[str, int]:
-    from .annotate import HEADING
-
     found = {}
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "markdown":
@@ -158,8 +156,6 @@ def _match(nb, ex: Exercise) -> int | None:
     if ex.kind == "written":
         i = start + ex.heading_offset
         return i if i < len(nb.cells) and nb.cells[i].cell_type == "markdown" else None
-    from .annotate import HEADING
-
     checker = next(n for n, e in checker_ids().items() if e == ex.name)
     for i in range(start + 1, len(nb.cells)):
         cell = nb.cells[i]
@@ -249,8 +245,11 @@ def kernel_env(workroot: Path, fast: bool) -> dict[str, str]:
     return env
 
 
-def _execute(nb, cwd: Path, env: dict, opts: RunOptions) -> tuple[int, str]:
-    """Run the cells in order; return (index of the first cell not run to its end, why) or (len, "")."""
+def _execute(nb, cwd: Path, env: dict, opts: RunOptions) -> tuple[int, str, str]:
+    """Run the cells in order; return (index of the first cell not run to its end, status, why).
+
+    All cells ran: ``(len(cells), "", "")``; status is "timed out" or "error" (dead kernel, no kernel).
+    """
     import nbclient
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
@@ -263,23 +262,25 @@ def _execute(nb, cwd: Path, env: dict, opts: RunOptions) -> tuple[int, str]:
             for i, cell in enumerate(nb.cells):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    return i, f"the notebook ran longer than {opts.notebook_timeout} s (the notebook timeout)"
+                    why = f"the notebook ran longer than {opts.notebook_timeout} s (--notebook-timeout)"
+                    return i, "timed out", why
                 client.timeout = max(1, int(min(opts.timeout, left)))
                 try:
                     client.execute_cell(cell, i)
                 except CellTimeoutError:
-                    return i, f"cell {i + 1} ran longer than {client.timeout} s (--timeout / --notebook-timeout)"
+                    return i, "timed out", f"cell {i + 1} ran longer than {client.timeout} s (--timeout)"
                 except DeadKernelError as e:
-                    return i, f"the kernel died in cell {i + 1}: {e}"[:500]
+                    return i, "error", f"the kernel died in cell {i + 1}: {e}"[:500]
     except Exception as e:  # a kernel that never starts
-        return 0, f"{type(e).__name__}: {e}"[:500]
-    return len(nb.cells), ""
+        return 0, "error", f"{type(e).__name__}: {e}"[:500]
+    return len(nb.cells), "", ""
 
 
 def _rows_for(student: str, notebook: str, exercises: list[Exercise], nb, matched: dict, tokens: dict,
-              stop: tuple[int, str], mode: str) -> Outcome:
+              stop: tuple[int, str, str], mode: str) -> Outcome:
+    """One row per exercise from the grader's records in the executed ``nb`` (see the module docstring)."""
     out = Outcome([])
-    stopped, why = stop
+    stopped, stop_status, why = stop
     for ex in exercises:
         row = GradeRow(student, notebook, ex.name, "missing", "", mode, 0, ex.points)
         i = matched.get(ex.grade_id)
@@ -292,8 +293,7 @@ def _rows_for(student: str, notebook: str, exercises: list[Exercise], nb, matche
             row.status = "not done" if blank else "needs manual grading"
             row.message = "no answer written" if blank else f"{len(text)} characters written"
         elif i >= stopped:
-            row.status = "timed out" if "longer than" in why else "error"
-            row.message = why
+            row.status, row.message = stop_status, why
         else:
             rec = _record(nb.cells[i], tokens[ex.grade_id])
             if rec is not None:
