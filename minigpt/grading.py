@@ -3,7 +3,7 @@
 For every submission the exercise list comes from the instructor's notebook of the same name
 (``--source``). Each checker cell of the submission (matched by nbgrader ``grade_id``, else by
 the exercise heading) is replaced by the instructor's cell in which the checker call becomes
-``report(<token>, "NN.k", <same arguments>)`` from a fresh copy of the checkers. ``token`` is random,
+``report(<token>, <mode>, "NN.k", <same arguments>)`` from a fresh copy of the checkers. ``token`` is random,
 chosen per cell by the grader; only a ``MINIGPT-GRADE <token> {...}`` line in that cell's own output
 counts, so nothing the notebook prints or writes elsewhere can add a pass, and an exercise is checked
 exactly once, at its cell. Each student's notebooks run in a private copy of their folder.
@@ -176,7 +176,7 @@ def _offset(lines: list[str], lineno: int, col: int) -> int:
     return sum(len(line) + 1 for line in lines[: lineno - 1]) + len(lines[lineno - 1].encode()[:col].decode())
 
 
-def grader_cell(ex: Exercise, token: str) -> str:
+def grader_cell(ex: Exercise, token: str, fast: bool = False) -> str:
     """The instructor's checker cell with its checker call replaced by the grader's report call."""
     source, names = ex.source, set(checker_ids())
     call = next(n for n in ast.walk(ast.parse(source))
@@ -193,7 +193,7 @@ def grader_cell(ex: Exercise, token: str) -> str:
         f"    spec = importlib.util.spec_from_file_location({fn!r}, {str(_REPORT_MODULE)!r})\n"
         f"    module = importlib.util.module_from_spec(spec)\n"
         f"    spec.loader.exec_module(module)\n"
-        f"    return module.report({token!r}, *args, **kwargs)\n"
+        f"    return module.report({token!r}, {fast!r}, *args, **kwargs)\n"
     )
     return loader + source[:start] + f'{fn}("{number}"' + (f", {args})" if args else ")") + source[end:]
 
@@ -331,7 +331,7 @@ def grade_notebook(path: Path, student: str, notebook: str, source: Path, workro
     for ex in exercises:
         i = matched[ex.grade_id]
         if ex.kind == "check" and i is not None:
-            nb.cells[i].source = grader_cell(ex, tokens[ex.grade_id])
+            nb.cells[i].source = grader_cell(ex, tokens[ex.grade_id], opts.fast)
     stop = _execute(nb, path.parent, kernel_env(workroot, opts.fast), opts)
     return _rows_for(student, notebook, exercises, nb, matched, tokens, stop, mode)
 

@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import io
 import json
+import os
 import secrets
 import sys
 import types
@@ -89,9 +90,13 @@ def graded(exercise_id: str, *args, **kwargs) -> None:
         raise ExerciseNotDone(f"Exercise {exercise}: not done ({message}); graded as 0")
 
 
-def report(token: str, exercise_id: str, *args, **kwargs):
+def report(token: str, fast: bool, exercise_id: str, *args, **kwargs):
     """:func:`graded` for ``minigpt course grade``: print ``MINIGPT-GRADE <token> {json}``, then behave
-    like the visible checker call (return the result, raise when the answer is wrong)."""
+    like the visible checker call (return the status, raise when the answer is wrong).
+
+    ``MINIGPT_FAST`` is reset to the grader's mode first: a notebook that set it cannot soften the check.
+    """
+    os.environ["MINIGPT_FAST"] = "1" if fast else "0"
     try:
         exercise, status, message, error = _run(exercise_id, args, kwargs)
     except Exception as e:  # a broken checker or a missing module: an error row, not a crash
