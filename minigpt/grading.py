@@ -198,17 +198,34 @@ def grader_cell(ex: Exercise, token: str, fast: bool = False) -> str:
     return loader + source[:start] + f'{fn}("{number}"' + (f", {args})" if args else ")") + source[end:]
 
 
-def _record(cell, token: str) -> dict | None:
-    """The one grader record in the cell's own stdout, or None (two or more records: None too)."""
+def _records(cell, token: str) -> list[dict]:
+    """The grader records (tagged with ``token``) in the cell's own output; readable ones only."""
     text = "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
-    found = re.findall(rf"^MINIGPT-GRADE {token} (\{{.*\}})$", text, re.MULTILINE)
-    if len(found) != 1:
-        return None
-    try:
-        rec = json.loads(found[0])
-    except ValueError:
-        return None
-    return rec if rec.get("status") in ("passed", "failed", "not done", "error") else None
+    found = []
+    for raw in re.findall(rf"^MINIGPT-GRADE {token} (\{{.*\}})$", text, re.MULTILINE):
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            rec = {}
+        found.append(rec if rec.get("status") in ("passed", "failed", "not done", "error") else {"status": "?"})
+    return found
+
+
+def _status(cell, token: str) -> tuple[str, str]:
+    """(status, message) of an executed grader cell.
+
+    A pass counts only if the cell then ended without an error: code that prints a forged record
+    during the check and then escapes it (KeyboardInterrupt, SystemExit) gets "error", not "passed".
+    """
+    records, error = _records(cell, token), _error_of(cell)
+    if len(records) > 1 or any(r["status"] == "?" for r in records):
+        return "error", "the grader's record was tampered with (forged or unreadable lines in the checker cell)"
+    if not records:
+        return "error", error or "the grader's check reported nothing"
+    rec = records[0]
+    if rec["status"] == "passed" and error:
+        return "error", f"the cell raised after the check: {error}"
+    return rec["status"], str(rec.get("message", ""))
 
 
 def _error_of(cell) -> str:
@@ -295,11 +312,7 @@ def _rows_for(student: str, notebook: str, exercises: list[Exercise], nb, matche
         elif i >= stopped:
             row.status, row.message = stop_status, why
         else:
-            rec = _record(nb.cells[i], tokens[ex.grade_id])
-            if rec is not None:
-                row.status, row.message = rec["status"], str(rec.get("message", ""))
-            else:
-                row.status, row.message = "error", _error_of(nb.cells[i]) or "the grader's check reported nothing"
+            row.status, row.message = _status(nb.cells[i], tokens[ex.grade_id])
         row.points = ex.points if row.status == "passed" else 0
         out.rows.append(row)
     graded = set(matched.values())

@@ -186,6 +186,9 @@ def test_cli_student_writes_the_folder(tmp_path, capsys):
     assert "1 student notebooks" in capsys.readouterr().out
     args = parser.parse_args(["course", "grade", "subs", "--out", "g.csv"])
     assert (args.func, args.submissions, args.out, args.timeout) == (course.cli_grade, "subs", "g.csv", 600)
+    assert (args.fast, args.jobs, args.source, args.notebook_timeout) == (False, 1, None, 3600)  # full mode by default
+    args = parser.parse_args(["course", "grade", "subs", "--fast", "-j", "4", "--source", "nbs", "--timeout", "9"])
+    assert (args.fast, args.jobs, args.source, args.timeout) == (True, 4, "nbs", 9)
 
 
 @pytest.mark.parametrize("module", ["course", "annotate", "grading", "exercises/_graded"])
@@ -341,9 +344,14 @@ def test_grader_cell_replaces_the_call_and_reads_only_its_own_token():
                                                   for t in lines])
 
     line = lambda token, status: f'MINIGPT-GRADE {token} {{"exercise": "01.3", "status": "{status}"}}\n'  # noqa: E731
-    assert grading._record(out(line("a" * 32, "failed")), "a" * 32)["status"] == "failed"
-    assert grading._record(out(line("b" * 32, "passed")), "a" * 32) is None  # someone else's token
-    assert grading._record(out(line("a" * 32, "failed"), line("a" * 32, "passed")), "a" * 32) is None  # two records
+    assert grading._status(out(line("a" * 32, "failed")), "a" * 32)[0] == "failed"
+    assert grading._status(out(line("b" * 32, "passed")), "a" * 32)[0] == "error"  # someone else's token
+    two = out(line("a" * 32, "failed"), line("a" * 32, "passed"))
+    assert grading._status(two, "a" * 32) == ("error", "the grader's record was tampered with (forged or "
+                                              "unreadable lines in the checker cell)")
+    escaped = out(line("a" * 32, "passed"))  # printed from inside the check, which then never returned
+    escaped.outputs.append(nbformat.v4.new_output("error", ename="KeyboardInterrupt", evalue="", traceback=[]))
+    assert grading._status(escaped, "a" * 32) == ("error", "the cell raised after the check: KeyboardInterrupt: ")
 
 
 # ----------------------------------------------------------------------------- grading submissions (kernels)
@@ -361,6 +369,19 @@ Path("../out").mkdir(exist_ok=True)
 Path("../out/mallory.txt").write_text("mallory was here")
 from minigpt.exercises import check_attention_scores
 check_attention_scores(my_scores), check_attention_scores(my_scores), check_causal_mask(my_causal_mask)'''
+
+
+TOKEN_THIEF = '''import sys
+_stream = sys.stdout  # the kernel's stream: what it writes during the grader's cell lands in that cell
+
+def my_causal_mask(T):
+    import builtins
+    for name in list(globals()):
+        if name.startswith("_minigpt_grade_"):  # the grader's function, its token in the name
+            token = name.removeprefix("_minigpt_grade_")
+            _stream.write(f'MINIGPT-GRADE {token} {{"exercise": "01.3", "status": "passed", "message": ""}}\\n')
+            builtins.print = lambda *args, **kwargs: None  # and silence the real record
+    return torch.ones(T, T, dtype=torch.bool)'''
 
 
 def _submission(student_nb, solutions: dict, edits=None):
@@ -399,6 +420,7 @@ def _grading_class(tmp_path):
                                [at(7, FORGERY_CELL)]),
         "oscar": _submission(student, {**right, "ex01_3_code": oscar_mask}),
         "tim": _submission(student, right, [at(5, "while True:\n    pass")]),
+        "trudy": _submission(student, {**right, "ex01_3_code": TOKEN_THIEF}),
     }
     for name, nb in subs.items():
         write_nb(nb, tmp_path / "subs" / name / "ps1" / "01_test.ipynb")
@@ -416,7 +438,7 @@ def test_grade_counts_only_the_graders_own_check(tmp_path):
     out = tmp_path / "grades" / "grades.csv"
     rows = course.grade(subs, out, source_dir=src, opts=opts, jobs=3)
     table = _table(rows)
-    assert len(rows) == 6 * 3  # one row per student and exercise, whatever the notebook printed or called
+    assert len(rows) == 7 * 3  # one row per student and exercise, whatever the notebook printed or called
     assert table[("alice", "01.1 attention scores")] == ("passed", 1)  # matched by heading (no metadata)
     assert table[("alice", "01.3 causal mask")] == ("passed", 3)
     assert table[("alice", "01.3 written answer")] == ("needs manual grading", 0)
@@ -428,6 +450,8 @@ def test_grade_counts_only_the_graders_own_check(tmp_path):
     assert table[("oscar", "01.3 causal mask")] == ("passed", 3)  # mallory's ../out is not oscar's
     assert table[("tim", "01.1 attention scores")] == ("passed", 1)
     assert table[("tim", "01.3 causal mask")][0] == "timed out"
+    assert table[("trudy", "01.3 causal mask")] == ("error", 0)  # a stolen token gives no pass
+    assert "tampered" in next(r.message for r in rows if r.student == "trudy" and r.exercise == "01.3 causal mask")
     assert {r.mode for r in rows} == {"fast"}
     with open(out.with_name("grades_summary.csv"), newline="") as f:
         summary = {r["student"]: r for r in csv.DictReader(f)}
@@ -437,7 +461,7 @@ def test_grade_counts_only_the_graders_own_check(tmp_path):
     report = (out.parent / "reports" / "alice.md").read_text()
     assert "Everything above the diagonal" in report and "| 01.3 causal mask | passed | 3/3 |" in report
     assert "see the future" in (out.parent / "reports" / "mallory.md").read_text()
-    for name in ("erin", "oscar", "tim"):  # -j 1 on the other half: the same rows
+    for name in ("erin", "oscar", "tim", "trudy"):  # -j 1 on the others: the same rows
         shutil.rmtree(subs / name)
     sequential = course.grade(subs, tmp_path / "seq" / "grades.csv", source_dir=src, opts=opts, jobs=1)
     assert _table(sequential) == {k: v for k, v in table.items() if k[0] in ("alice", "bob", "mallory")}

@@ -97,12 +97,14 @@ def report(token: str, fast: bool, exercise_id: str, *args, **kwargs):
     ``MINIGPT_FAST`` is reset to the grader's mode first: a notebook that set it cannot soften the check.
     """
     os.environ["MINIGPT_FAST"] = "1" if fast else "0"
+    write, flush = sys.stdout.write, sys.stdout.flush  # taken before the student's code runs in the check
     try:
         exercise, status, message, error = _run(exercise_id, args, kwargs)
     except Exception as e:  # a broken checker or a missing module: an error row, not a crash
         exercise, status, message, error = exercise_id, "error", f"{type(e).__name__}: {e}", e
     record = {"exercise": exercise, "status": status, "message": message}
-    print(f"{RECORD_PREFIX} {token} {json.dumps(record)}", flush=True)
+    write(f"{RECORD_PREFIX} {token} {json.dumps(record)}\n")
+    flush()
     if error is not None:
         raise error
     return status
