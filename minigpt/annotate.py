@@ -5,7 +5,7 @@
 - scaffold code cell (holds ``### BEGIN SOLUTION``): solution cell, ``exNN_k_code``;
 - checker cell (calls a ``check_*`` from ``minigpt.exercises``): autograded test cell, ``exNN_k_check``,
   points from the heading (easy 1, medium 2, hard 3), plus a hidden-tests region calling
-  ``graded("NN.k", <the same arguments>)``, which raises unless the exercise passes;
+  ``graded("NN.k", <the same arguments>)`` (imported fresh from disk), which raises unless the exercise passes;
 - markdown cell holding a solution region (a written answer): manually graded, ``exNN_k_written``,
   1 point for an easy exercise, else 2;
 - every other cell: read-only, ``cell_<position>``.
@@ -39,6 +39,10 @@ _SOLUTION = re.compile(r"^[ \t]*#+[ \t]*BEGIN SOLUTION[ \t]*$", re.MULTILINE)
 _HIDDEN = re.compile(r"\n*^[ \t]*#+[ \t]*BEGIN HIDDEN TESTS[ \t]*$.*?^[ \t]*#+[ \t]*END HIDDEN TESTS[ \t]*$\n?",
                      re.MULTILINE | re.DOTALL)
 _EXERCISES_DIR = Path(__file__).resolve().parent / "exercises"
+# `graded` itself from disk, not from the notebook's (patchable) modules; it loads the checker fresh too.
+_FRESH_IMPORT = ("import importlib, sys\n"
+                 'sys.modules.pop("minigpt.exercises._graded", None)\n'
+                 'graded = importlib.import_module("minigpt.exercises._graded").graded')
 
 
 class AnnotateError(ValueError):
@@ -103,7 +107,7 @@ def checker_call(source: str) -> tuple[str, str, list[str]] | None:
 def hidden_region(exercise: str, args: list[str]) -> str:
     number = exercise.split()[0]
     call = ", ".join([f'"{number}"', *args])
-    return f"{HIDDEN_BEGIN}\nfrom minigpt.exercises import graded\ngraded({call})\n{HIDDEN_END}"
+    return f"{HIDDEN_BEGIN}\n{_FRESH_IMPORT}\ngraded({call})\n{HIDDEN_END}"
 
 
 def _meta(grade_id: str, *, grade: bool = False, solution: bool = False, locked: bool = True,

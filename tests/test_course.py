@@ -256,8 +256,10 @@ def test_annotate_gives_each_kind_of_cell_its_metadata_and_is_idempotent():
     assert all(m["locked"] and not m["grade"] for m in (meta[0], meta[1], meta[2], meta[5]))
     assert nb.cells[7].source == (
         "from minigpt.exercises import check_causal_mask\nok = check_causal_mask(my_causal_mask)\n\n"
-        '### BEGIN HIDDEN TESTS\nfrom minigpt.exercises import graded\ngraded("01.3", my_causal_mask)\n'
-        "### END HIDDEN TESTS"
+        "### BEGIN HIDDEN TESTS\nimport importlib, sys\n"
+        'sys.modules.pop("minigpt.exercises._graded", None)\n'
+        'graded = importlib.import_module("minigpt.exercises._graded").graded\n'
+        'graded("01.3", my_causal_mask)\n### END HIDDEN TESTS'
     )
     again = annotate_notebook(nb)
     assert [(c.source, c.metadata) for c in again.cells] == [(c.source, c.metadata) for c in nb.cells]
@@ -266,7 +268,7 @@ def test_annotate_gives_each_kind_of_cell_its_metadata_and_is_idempotent():
 def test_hidden_test_call_keeps_every_argument():
     _, exercise, args = checker_call("check_causal_mask(f, 3, size=SIZE, cap=0.5 if FAST else 0.9, **extra)")
     assert exercise == "01.3 causal mask"
-    assert hidden_region(exercise, args).splitlines()[2] == (
+    assert hidden_region(exercise, args).splitlines()[4] == (
         'graded("01.3", f, 3, size=SIZE, cap=0.5 if FAST else 0.9, **extra)')
 
 
@@ -330,6 +332,14 @@ def test_graded_raises_unless_passed_and_ignores_monkeypatching(monkeypatch):
     monkeypatch.setattr(nb01, "expect", lambda cond, msg: None)
     with pytest.raises(AssertionError, match="see the future"):
         graded("01.3", wrong)
+    from minigpt.exercises import _graded
+
+    monkeypatch.setattr(exercises, "graded", lambda *args: None)  # the hidden tests do not use these names
+    monkeypatch.setattr(_graded, "graded", lambda *args: None)
+    monkeypatch.setitem(sys.modules, "minigpt.exercises._graded", _graded)
+    code = hidden_region("01.3 causal mask", ["wrong"]).split("\n", 1)[1].rsplit("\n", 1)[0]
+    with pytest.raises(AssertionError, match="see the future"):
+        exec(code, {"wrong": wrong})
 
 
 def test_grader_cell_replaces_the_call_and_reads_only_its_own_token():
