@@ -647,3 +647,16 @@ def test_ci_workflow_is_valid_and_mirrors_the_local_checks():
     compile(script, "ci.yml", "exec")
     assert "make_student_versions" in script and "grade(" in script
     assert {"make_student_versions", "grade"} <= set(course.__all__)
+
+
+def test_report_refuses_a_minigpt_that_is_not_the_graders(monkeypatch, capsys, tmp_path):
+    import types
+
+    from minigpt.exercises import _graded
+
+    fake = types.ModuleType("minigpt")
+    fake.__file__ = str(tmp_path / "minigpt" / "__init__.py")  # a package shipped inside a submission
+    monkeypatch.setitem(sys.modules, "minigpt", fake)
+    with pytest.raises(ImportError, match="is not the course's"):
+        _graded.report("t" * 32, False, "01.3", _mask)
+    assert '"status": "error"' in capsys.readouterr().out
