@@ -278,14 +278,15 @@ def _execute(nb, cwd: Path, env: dict, opts: RunOptions) -> tuple[int, str, str]
         with client.setup_kernel(env=env):
             for i, cell in enumerate(nb.cells):
                 left = deadline - time.monotonic()
+                whole = f"the notebook ran longer than {opts.notebook_timeout} s (--notebook-timeout)"
                 if left <= 0:
-                    why = f"the notebook ran longer than {opts.notebook_timeout} s (--notebook-timeout)"
-                    return i, "timed out", why
+                    return i, "timed out", whole
                 client.timeout = max(1, int(min(opts.timeout, left)))
                 try:
                     client.execute_cell(cell, i)
                 except CellTimeoutError:
-                    return i, "timed out", f"cell {i + 1} ran longer than {client.timeout} s (--timeout)"
+                    cell_only = f"cell {i + 1} ran longer than {client.timeout} s (--timeout)"
+                    return i, "timed out", cell_only if client.timeout == opts.timeout else whole
                 except DeadKernelError as e:
                     return i, "error", f"the kernel died in cell {i + 1}: {e}"[:500]
     except Exception as e:  # a kernel that never starts

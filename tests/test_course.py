@@ -477,6 +477,21 @@ def test_grade_counts_only_the_graders_own_check(tmp_path):
     assert _table(sequential) == {k: v for k, v in table.items() if k[0] in ("alice", "bob", "mallory")}
 
 
+@pytest.mark.slow
+def test_notebook_timeout_stops_the_notebook(tmp_path):
+    source = annotate_notebook(graded_source())
+    write_nb(source, tmp_path / "src" / "01_test.ipynb")
+    slow = copy.deepcopy(source)
+    for _ in range(20):  # each cell is well under the per-cell timeout; together they are not
+        slow.cells.insert(5, nbformat.v4.new_code_cell("import time\ntime.sleep(2)"))
+    write_nb(slow, tmp_path / "subs" / "sam" / "01_test.ipynb")
+    opts = grading.RunOptions(fast=True, timeout=600, notebook_timeout=25)
+    rows = course.grade(tmp_path / "subs", tmp_path / "g.csv", source_dir=tmp_path / "src", opts=opts)
+    table = {r.exercise: (r.status, r.message) for r in rows}
+    assert table["01.1 attention scores"][0] == "passed"
+    assert table["01.3 causal mask"] == ("timed out", "the notebook ran longer than 25 s (--notebook-timeout)")
+
+
 def test_unreadable_submission_and_unknown_notebook_are_error_rows(tmp_path):
     write_nb(annotate_notebook(graded_source()), tmp_path / "src" / "01_test.ipynb")
     (tmp_path / "subs" / "dan").mkdir(parents=True)
