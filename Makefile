@@ -5,6 +5,7 @@
 #   make lint     ruff check
 #   make bench    benchmarks (long: ~30 min; see bench/README.md), make bench-quick for a smoke run
 #   make student  write student versions of the notebooks into student/
+#   make annotate give the notebooks' cells their nbgrader metadata (run after editing a notebook)
 #
 # Needs Python 3.11+ as `python3` (or: make demo PYTHON=python3.12).
 
@@ -14,7 +15,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.minigpt-installed
 SHARED_DATA := ../shared/data/tinyshakespeare.txt
 
-.PHONY: setup demo test lint bench bench-quick student data clean
+.PHONY: setup demo test lint bench bench-quick student annotate data clean
 
 setup: $(STAMP)
 
@@ -41,8 +42,9 @@ demo: setup data
 	$(BIN)/minigpt train --preset shakespeare-cpu --max-time 60 --out-dir out/demo
 	$(BIN)/minigpt generate --checkpoint out/demo --prompt "ROMEO:" --length 300 --seed 1
 
+# nbgrader (tests/test_nbgrader.py) runs `alembic` from the environment's bin folder: keep it on PATH.
 test: setup data
-	$(BIN)/python -m pytest tests
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest tests
 	MINIGPT_FAST=1 $(BIN)/python -m pytest --nbmake notebooks
 
 lint: setup
@@ -60,6 +62,9 @@ bench-quick: setup data
 
 student: setup
 	$(BIN)/minigpt course student --src notebooks --out student
+
+annotate: setup
+	$(BIN)/minigpt course annotate notebooks/*.ipynb
 
 clean:
 	rm -rf out student bench/results

@@ -1,4 +1,4 @@
-"""Instructor tools: student versions of the notebooks, and grading a folder of submissions.
+"""Instructor tools: student versions of the notebooks, and the ``minigpt course`` commands.
 
 One source of truth: the notebooks in ``notebooks/`` hold the solutions between nbgrader's markers
 
@@ -8,10 +8,9 @@ One source of truth: the notebooks in ``notebooks/`` hold the solutions between 
     ### END SOLUTION
 
 and :func:`make_student_versions` replaces each marked region by
-``raise NotImplementedError("<hint>")`` at the marker's indentation. The exercise checkers
-(``minigpt.exercises``) turn that stub into the status "not done" instead of a crash, and append
-every result to ``$MINIGPT_RESULTS_FILE``; :func:`grade` runs each submitted notebook with that
-variable set and collects the lines into a CSV.
+``raise NotImplementedError("<hint>")`` at the marker's indentation (and drops the hidden-tests
+regions). The exercise checkers (``minigpt.exercises``) turn that stub into the status "not done"
+instead of a crash. nbgrader metadata: :mod:`minigpt.annotate`; grading: :mod:`minigpt.grading`.
 
 ``nbformat`` and ``nbclient`` are imported inside the functions, so ``import minigpt.course``
 (which the CLI does at start-up) stays light.
@@ -19,22 +18,22 @@ variable set and collects the lines into a CSV.
 
 from __future__ import annotations
 
+import argparse
 import ast
-import csv
 import json
-import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .annotate import strip_hidden_tests
+from .grading import find_submissions, grade
+
 __all__ = [
-    "CSV_COLUMNS",
-    "GradeRow",
     "SolutionMarkerError",
     "add_cli",
     "find_submissions",
     "grade",
+    "grade_notebook",
     "make_student_version",
     "make_student_versions",
     "strip_solutions",
@@ -42,10 +41,11 @@ __all__ = [
 
 DEFAULT_HINT = "write your solution here"
 MARKDOWN_STUB = "YOUR ANSWER HERE"  # nbgrader's text for a written answer
-CSV_COLUMNS = ("student", "notebook", "exercise", "status", "message")
-# Kept by clean_metadata; everything else (widgets state, timings, nbgrader's cell ids, collapsed...) goes.
+# Kept by clean_notebook; everything else (widgets state, timings, collapsed...) goes. The cells'
+# nbgrader metadata stays: student versions are nbgrader-compatible (read-only cells, grade ids that
+# `minigpt course grade` matches cells by).
 NOTEBOOK_METADATA_KEYS = ("kernelspec", "language_info")
-CELL_METADATA_KEYS = ("tags",)
+CELL_METADATA_KEYS = ("tags", "nbgrader")
 
 # A marker line is a comment whose words are exactly BEGIN/END SOLUTION ("### BEGIN SOLUTION" in
 # nbgrader's spelling; any number of '#' is accepted, and in markdown it reads as a heading).
@@ -161,7 +161,10 @@ def clean_notebook(nb) -> None:
 
 
 def make_student_version(src, dst) -> int:
-    """Write the student version of one notebook; returns the number of solution regions replaced."""
+    """Write the student version of one notebook; returns the number of solution regions replaced.
+
+    Solution regions become stubs, hidden-tests regions are dropped, outputs cleared.
+    """
     import nbformat
 
     src, dst = Path(src), Path(dst)
@@ -170,6 +173,8 @@ def make_student_version(src, dst) -> int:
     for i, cell in enumerate(nb.cells, start=1):
         if cell.cell_type not in ("code", "markdown"):
             continue
+        if cell.cell_type == "code":
+            cell.source = strip_hidden_tests(cell.source)
         where = f"{src}, cell {i} ({cell.cell_type})"
         new_source, n = strip_solutions(cell.source, cell.cell_type, where)
         if n:
@@ -208,187 +213,81 @@ def make_student_versions(src_dir="notebooks", out_dir="student") -> list[Path]:
     return written
 
 
-# ---------------------------------------------------------------------------------------------
-# Grading
-# ---------------------------------------------------------------------------------------------
+def grade_notebook(path, student: str, notebook: str, *, timeout: int = 600, fast: bool = False,
+                   kernel_name: str = "python3", cwd=None, source_dir=None) -> list:
+    """Grade one submitted notebook (a private copy of it); return its rows (:class:`minigpt.grading.GradeRow`).
 
-
-@dataclass
-class GradeRow:
-    student: str
-    notebook: str
-    exercise: str  # the checker's id ("01.3 causal mask"), or "(cell N)" / "(notebook)" for a crash
-    status: str  # "passed", "failed", "not done" (from the checkers) or "error" (crash outside them)
-    message: str = ""
-
-
-def find_submissions(submissions_dir) -> list[tuple[str, str, Path]]:
-    """List ``(student, notebook, path)`` for every submitted notebook, sorted.
-
-    Two layouts are accepted (they may be mixed):
-
-    - ``submissions/<student>/<notebook>.ipynb`` (also deeper, as nbgrader's
-      ``submitted/<student>/<assignment>/<notebook>.ipynb``: the notebook is then named by its path
-      below the student folder, e.g. ``ps1/01_attention_mechanism``);
-    - ``submissions/<student>__<notebook>.ipynb`` (two underscores separate student and notebook).
+    The instructor's notebook is ``<source_dir>/<name>.ipynb``; ``source_dir`` defaults to ``cwd``
+    (where older callers pointed at the notebooks folder), else the repository's ``notebooks/``.
     """
-    root = Path(submissions_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"no folder {root}: pass the folder of submissions (submissions/<student>/<nb>.ipynb)")
-    found = []
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            for path in sorted(entry.rglob("*.ipynb")):
-                rel = path.relative_to(entry)
-                if any(part.startswith(".") for part in rel.parts):  # .ipynb_checkpoints and friends
-                    continue
-                found.append((entry.name, rel.with_suffix("").as_posix(), path))
-        elif entry.suffix == ".ipynb":
-            student, sep, notebook = entry.stem.partition("__")
-            if not sep or not student or not notebook:
-                raise ValueError(
-                    f"cannot tell the student from the file name {entry}: put it in a folder per student "
-                    f"(submissions/<student>/{entry.name}) or name it <student>__<notebook>.ipynb"
-                )
-            found.append((student, notebook, entry))
-    if not found:
-        raise FileNotFoundError(
-            f"no submitted notebooks in {root}: expected submissions/<student>/<notebook>.ipynb "
-            f"or submissions/<student>__<notebook>.ipynb"
-        )
-    return sorted(found)
+    import shutil
 
-
-def _read_results(path: Path, student: str, notebook: str) -> list[GradeRow]:
-    rows = []
-    if not path.is_file():
-        return rows
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            exercise, status, message = str(rec["exercise"]), str(rec["status"]), str(rec.get("message", ""))
-            rows.append(GradeRow(student, notebook, exercise, status, message))
-        except (ValueError, KeyError, TypeError):
-            rows.append(GradeRow(student, notebook, "(results)", "error", f"unreadable checker record: {line[:200]}"))
-    return rows
-
-
-def _cell_error_rows(nb, student: str, notebook: str, timeout: int) -> list[GradeRow]:
-    """Rows for errors raised outside the checkers (a checker failure is already in the results)."""
-    rows = []
-    for i, cell in enumerate(nb.cells, start=1):
-        if cell.cell_type != "code":
-            continue
-        for out in cell.get("outputs", []):
-            if out.get("output_type") != "error" or out.get("ename") == "ExerciseFailed":
-                continue
-            ename, evalue = out.get("ename", "Error"), out.get("evalue", "")
-            # A stub called outside a checker: the exercise is unfinished, not broken.
-            status = "not done" if ename == "NotImplementedError" else "error"
-            message = f"{ename}: {evalue}"
-            if ename == "KeyboardInterrupt":  # nbclient interrupts a cell that outlives the timeout
-                message = f"KeyboardInterrupt: the cell ran longer than {timeout} s (the per-cell timeout)"
-            rows.append(GradeRow(student, notebook, f"(cell {i})", status, message))
-    return rows
-
-
-def grade_notebook(path, student: str, notebook: str, *, timeout: int = 600, fast: bool = True,
-                   kernel_name: str = "python3", cwd=None) -> list[GradeRow]:
-    """Execute one submitted notebook from top to bottom and return its rows (see :func:`grade`)."""
-    import nbclient
-    import nbformat
-
-    from .exercises._core import RESULTS_ENV
+    from . import grading
 
     path = Path(path)
-    try:
-        nb = nbformat.read(path, as_version=4)
-    except Exception as e:  # not JSON, not a notebook: still a row, the other students go on
-        return [GradeRow(student, notebook, "(notebook)", "error", f"cannot read {path.name}: {type(e).__name__}: {e}")]
+    source = Path(source_dir or cwd or grading.DEFAULT_SOURCE) / f"{Path(notebook).name}.ipynb"
+    opts = grading.RunOptions(fast=fast, timeout=timeout, kernel_name=kernel_name)
     with tempfile.TemporaryDirectory(prefix="minigpt-grade-") as tmp:
-        results = Path(tmp) / "results.jsonl"
-        env = dict(os.environ)
-        env[RESULTS_ENV] = str(results)
-        env["MINIGPT_FAST"] = "1" if fast else "0"
-        client = nbclient.NotebookClient(
-            nb,
-            timeout=timeout,
-            allow_errors=True,
-            interrupt_on_timeout=True,  # a stuck cell becomes a KeyboardInterrupt row; the rest still runs
-            kernel_name=kernel_name,
-            resources={"metadata": {"path": str(cwd if cwd is not None else path.parent)}},
-        )
-        crash = None
-        try:
-            client.execute(env=env)
-        except Exception as e:  # dead kernel (out of memory, the notebook exited), kernel that never starts
-            crash = GradeRow(student, notebook, "(notebook)", "error", f"{type(e).__name__}: {e}".strip()[:1000])
-        rows = _read_results(results, student, notebook)
-    rows += _cell_error_rows(nb, student, notebook, timeout)
-    if crash is not None:
-        rows.append(crash)
-    return rows
-
-
-def grade(submissions_dir, out_csv, timeout: int = 600, *, fast: bool = True, kernel_name: str = "python3",
-          cwd=None, progress=None) -> list[GradeRow]:
-    """Run every submitted notebook and write one CSV row per student, notebook and exercise.
-
-    Layout of ``submissions_dir``: see :func:`find_submissions`. Each notebook runs in a fresh
-    kernel (``kernel_name``), cells in order with ``allow_errors=True``, in fast mode
-    (``MINIGPT_FAST=1``) unless ``fast=False``, in its own folder unless ``cwd`` is given;
-    ``timeout`` is seconds per cell (a cell that takes longer is interrupted and reported).
-    Columns (:data:`CSV_COLUMNS`): student, notebook, exercise, status, message, where status is
-    "passed", "failed", "not done" (from the checkers) or "error" (the notebook raised outside a
-    checker: exercise is "(cell N)" with the exception as message, or "(notebook)" when the whole
-    run broke). ``progress`` is called with ``(student, notebook)`` before each run.
-    """
-    submissions = find_submissions(submissions_dir)
-    rows: list[GradeRow] = []
-    for student, notebook, path in submissions:
-        if progress is not None:
-            progress(student, notebook)
-        rows += grade_notebook(path, student, notebook, timeout=timeout, fast=fast, kernel_name=kernel_name, cwd=cwd)
-    out_csv = Path(out_csv)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_csv, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(asdict(r) for r in rows)
-    return rows
+        copy = Path(tmp) / "submission" / student / path.name
+        copy.parent.mkdir(parents=True)
+        shutil.copy(path, copy)
+        return grading.grade_notebook(copy, student, notebook, source, Path(tmp), opts).rows
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line: `minigpt course student` and `minigpt course grade`
+# Command line: `minigpt course annotate`, `minigpt course student` and `minigpt course grade`
 # ---------------------------------------------------------------------------------------------
 
 
 def add_cli(subparsers) -> None:
-    """Register ``course`` (with ``student`` and ``grade``) on the CLI's subparsers.
+    """Register ``course`` (with ``annotate``, ``student`` and ``grade``) on the CLI's subparsers.
 
     Each leaf parser sets ``func``: the CLI calls ``args.func(args)``, which returns an exit code.
     """
-    course = subparsers.add_parser("course", help="instructor tools: student versions and grading")
-    sub = course.add_subparsers(dest="course_command", metavar="{student,grade}")
+    course = subparsers.add_parser("course", help="instructor tools: nbgrader metadata, student versions, grading")
+    sub = course.add_subparsers(dest="course_command", metavar="{annotate,student,grade}")
     sub.required = True
+
+    p = sub.add_parser("annotate", help="give every cell nbgrader metadata (and checker cells hidden tests)")
+    p.add_argument("notebooks", nargs="+", metavar="NOTEBOOK", help="notebooks to annotate in place")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if any metadata is missing or stale")
+    p.set_defaults(func=cli_annotate)
 
     p = sub.add_parser("student", help="write student versions of the notebooks (solutions replaced by stubs)")
     p.add_argument("--src", default="notebooks", help="folder of solution notebooks (default: notebooks)")
     p.add_argument("--out", default="student", help="folder to write the student versions to (default: student)")
     p.set_defaults(func=cli_student)
 
-    p = sub.add_parser("grade", help="run submitted notebooks and write a per-student, per-exercise CSV")
+    p = sub.add_parser("grade", help="run submitted notebooks; CSV per student and exercise, summary, reports")
     p.add_argument("submissions", metavar="SUBMISSIONS",
                    help="folder: SUBMISSIONS/<student>/<notebook>.ipynb or SUBMISSIONS/<student>__<notebook>.ipynb")
-    p.add_argument("--out", default="grades.csv", help="CSV file to write (default: grades.csv)")
-    p.add_argument("--timeout", type=int, default=600, help="seconds per cell before it is interrupted (default 600)")
-    p.add_argument("--full", action="store_true", help="run in full mode instead of fast mode (MINIGPT_FAST=0)")
+    p.add_argument("--source", default=None,
+                   help="folder of the instructor's notebooks (default: the notebooks/ folder beside the package)")
+    p.add_argument("--out", default="grades.csv",
+                   help="CSV to write (default grades.csv); also <out>_summary.csv and reports/<student>.md beside it")
+    p.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
+    p.add_argument("--notebook-timeout", type=int, default=3600, help="seconds per notebook (default 3600)")
+    p.add_argument("--fast", action="store_true", help="fast mode (MINIGPT_FAST=1; every row says 'fast'): for CI")
+    p.add_argument("--full", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old scripts
+    p.add_argument("-j", "--jobs", type=int, default=1, help="students graded in parallel (one kernel each)")
     p.add_argument("--kernel", default="python3", help="Jupyter kernel to run the notebooks with (default python3)")
     p.set_defaults(func=cli_grade)
+
+
+def cli_annotate(args) -> int:
+    """`minigpt course annotate NOTEBOOK... [--check]`."""
+    from .annotate import annotate_paths
+
+    report = annotate_paths(args.notebooks, check=args.check)
+    stale = {path: diffs for path, diffs in report.items() if diffs}
+    for path, diffs in stale.items():
+        verb = "needs" if args.check else "annotated"
+        print(f"{path}: {verb} {len(diffs)} change(s): " + "; ".join(diffs[:5]) + (" ..." if len(diffs) > 5 else ""))
+    if args.check and stale:
+        print("run: minigpt course annotate " + " ".join(stale))
+        return 1
+    print(f"{len(report)} notebook(s) {'checked' if args.check else 'annotated'}, {len(stale)} changed")
+    return 0
 
 
 def cli_student(args) -> int:
@@ -402,23 +301,17 @@ def cli_student(args) -> int:
 
 def cli_grade(args) -> int:
     """`minigpt course grade SUBMISSIONS --out grades.csv`."""
+    from .grading import DEFAULT_SOURCE, RunOptions, grade, summarize
 
-    def progress(student: str, notebook: str) -> None:
-        print(f"running {student} / {notebook} ...", flush=True)
-
-    rows = grade(args.submissions, args.out, timeout=args.timeout, fast=not args.full, kernel_name=args.kernel,
-                 progress=progress)
-    per_student: dict[str, list[int]] = {}
-    for r in rows:
-        if r.exercise.startswith("("):
-            continue
-        counts = per_student.setdefault(r.student, [0, 0])
-        counts[0] += r.status == "passed"
-        counts[1] += 1
-    for student, (passed, total) in sorted(per_student.items()):
-        print(f"{student}: {passed}/{total} exercises passed")
-    n_errors = sum(r.status == "error" for r in rows)
-    if n_errors:
-        print(f"{n_errors} error row(s): notebooks that raised outside the checkers (see the message column)")
-    print(f"wrote {args.out} ({len(rows)} rows)")
+    opts = RunOptions(fast=args.fast, timeout=args.timeout, notebook_timeout=args.notebook_timeout,
+                      kernel_name=args.kernel)
+    rows = grade(args.submissions, args.out, source_dir=args.source or DEFAULT_SOURCE, opts=opts, jobs=args.jobs,
+                 progress=lambda student: print(f"graded {student}", flush=True))
+    for student, per in sorted(summarize(rows).items()):
+        got, top, manual = (sum(v[k] for v in per.values()) for k in range(3))
+        extra = f" (+{manual} to grade by hand)" if manual else ""
+        print(f"{student}: {got}/{top} points{extra}")
+    out = Path(args.out)
+    print(f"wrote {out} ({len(rows)} rows, {'fast' if args.fast else 'full'} mode), "
+          f"{out.with_name(out.stem + '_summary.csv')}, {out.parent / 'reports'}/")
     return 0

@@ -2,14 +2,16 @@
 
 Each notebook's checkers live in their own module (``nb01`` ... ``nb12``); every name in a module's
 ``__all__`` is re-exported here, so a notebook needs only ``from minigpt.exercises import check_attention``.
+``graded(exercise_id, ...)`` is the strict call nbgrader's hidden tests make (fresh checker, raises unless passed).
 """
 
 import importlib
 import pkgutil
 
 from ._core import CheckResult, ExerciseFailed, checker, expect
+from ._graded import ExerciseNotDone, graded
 
-__all__ = ["CheckResult", "ExerciseFailed", "checker", "expect"]
+__all__ = ["CheckResult", "ExerciseFailed", "ExerciseNotDone", "checker", "expect", "graded"]
 
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     if _info.name.startswith("nb"):

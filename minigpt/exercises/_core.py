@@ -10,7 +10,8 @@ write, and explains a mismatch in teaching terms. Three outcomes:
   so the cell turns red in Jupyter and a solution notebook that regresses fails in CI.
 
 When the environment variable ``MINIGPT_RESULTS_FILE`` names a file, every result is appended to it
-as one JSON line; ``minigpt course grade`` uses that to build its per-student CSV.
+as one JSON line (a convenience for collecting results from a run; ``minigpt course grade`` does not
+trust it: it reads the grader's own check, see :mod:`._graded`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 __all__ = ["CheckResult", "ExerciseFailed", "checker", "expect", "forbid", "RESULTS_ENV"]
 
 RESULTS_ENV = "MINIGPT_RESULTS_FILE"
+_record_enabled = True  # False in the fresh copies :mod:`._graded` loads (the visible call records once)
 
 
 class ExerciseFailed(AssertionError):
@@ -117,7 +119,7 @@ def _banned(name: str, message: str) -> Callable:
 
 def _record(result: CheckResult) -> None:
     path = os.environ.get(RESULTS_ENV)
-    if path:
+    if path and _record_enabled:
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(asdict(result)) + "\n")
 
