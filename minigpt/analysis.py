@@ -594,8 +594,8 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
         description="Write attention figures and per-head metrics for a text. Without --checkpoint an "
         "untrained GPT is analysed as a baseline.",
     )
-    p.add_argument("--checkpoint", default=None, help="output folder of `minigpt train` (its best/, else ckpt/), a checkpoint folder "
-                   "or its model.safetensors")
+    p.add_argument("--checkpoint", default=None, help="output folder of `minigpt train` (its best/, else "
+                   "ckpt/), a checkpoint folder or its model.safetensors")
     p.add_argument("--text", default="ROMEO:\nBut soft, what light through yonder window breaks?",
                    help="text to analyse (cropped to the model's block_size)")
     p.add_argument("--layer", type=int, default=None, help="only this layer (default: all)")
