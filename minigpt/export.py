@@ -35,10 +35,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
+from torch import nn
 
+from .blocks import TransformerBlock
 from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from .model import GPT, GPTConfig
 from .tokenizer import ENDOFTEXT, BPETokenizer, CharTokenizer
@@ -103,6 +105,15 @@ def _zeros_if_none(t: torch.Tensor | None, n: int) -> torch.Tensor:
     return torch.zeros(n) if t is None else t
 
 
+def _blocks(model: GPT) -> list[TransformerBlock]:
+    return [cast(TransformerBlock, b) for b in model.transformer.h]
+
+
+def _norm(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias or None) of a LayerNorm / RMSNorm."""
+    return cast(torch.Tensor, module.weight), cast("torch.Tensor | None", getattr(module, "bias", None))
+
+
 @torch.no_grad()
 def _to_gpt2(model: GPT) -> Any:
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -150,25 +161,27 @@ def _to_neox(model: GPT) -> Any:
     hf = GPTNeoXForCausalLM(hf_config)
     t = model.transformer
     head = "lm_head.weight" if "lm_head.weight" in hf.state_dict() else "embed_out.weight"  # 5.x / 4.x name
+    ln_f_w, ln_f_b = _norm(t.ln_f)
     out: dict[str, torch.Tensor] = {
         "gpt_neox.embed_in.weight": t.wte.weight,
         head: model.lm_head.weight,
-        "gpt_neox.final_layer_norm.weight": t.ln_f.weight,
-        "gpt_neox.final_layer_norm.bias": _zeros_if_none(t.ln_f.bias, C),
+        "gpt_neox.final_layer_norm.weight": ln_f_w,
+        "gpt_neox.final_layer_norm.bias": _zeros_if_none(ln_f_b, C),
     }
 
     def per_head(x: torch.Tensor) -> torch.Tensor:
         # minigpt rows: [q heads | k heads | v heads]; GPT-NeoX rows: for each head h, [q_h | k_h | v_h]
         return x.view(3, nh, hs, *x.shape[1:]).transpose(0, 1).reshape(x.shape)
 
-    for i, block in enumerate(t.h):
+    for i, block in enumerate(_blocks(model)):
         p = f"gpt_neox.layers.{i}."
         a, m = block.attn, block.mlp
+        (ln1_w, ln1_b), (ln2_w, ln2_b) = _norm(block.ln_1), _norm(block.ln_2)
         out.update({
-            p + "input_layernorm.weight": block.ln_1.weight,
-            p + "input_layernorm.bias": _zeros_if_none(block.ln_1.bias, C),
-            p + "post_attention_layernorm.weight": block.ln_2.weight,
-            p + "post_attention_layernorm.bias": _zeros_if_none(block.ln_2.bias, C),
+            p + "input_layernorm.weight": ln1_w,
+            p + "input_layernorm.bias": _zeros_if_none(ln1_b, C),
+            p + "post_attention_layernorm.weight": ln2_w,
+            p + "post_attention_layernorm.bias": _zeros_if_none(ln2_b, C),
             p + "attention.query_key_value.weight": per_head(a.c_attn.weight),
             p + "attention.query_key_value.bias": per_head(_zeros_if_none(a.c_attn.bias, 3 * C)),
             p + "attention.dense.weight": a.c_proj.weight,
@@ -201,17 +214,17 @@ def _to_llama(model: GPT) -> Any:
     t = model.transformer
     out: dict[str, torch.Tensor] = {
         "model.embed_tokens.weight": t.wte.weight,
-        "model.norm.weight": t.ln_f.weight,
+        "model.norm.weight": _norm(t.ln_f)[0],
         "lm_head.weight": model.lm_head.weight,
     }
-    for i, block in enumerate(t.h):
+    for i, block in enumerate(_blocks(model)):
         p = f"model.layers.{i}."
         a, m = block.attn, block.mlp
         q, k, v = a.c_attn.weight.split([nh * hs, nkv * hs, nkv * hs])
         gate, up = m.c_fc.weight.chunk(2)  # FeedForward computes silu(first half) * second half
         out.update({
-            p + "input_layernorm.weight": block.ln_1.weight,
-            p + "post_attention_layernorm.weight": block.ln_2.weight,
+            p + "input_layernorm.weight": _norm(block.ln_1)[0],
+            p + "post_attention_layernorm.weight": _norm(block.ln_2)[0],
             p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k, p + "self_attn.v_proj.weight": v,
             p + "self_attn.o_proj.weight": a.c_proj.weight,
             p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up, p + "mlp.down_proj.weight": m.c_proj.weight,
