@@ -31,6 +31,7 @@ tokens fit in ``block_size`` (past it minigpt slides its window, Hugging Face do
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -42,6 +43,7 @@ from torch import nn
 
 from .blocks import TransformerBlock
 from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from .hf import _ACT_TO_HF  # minigpt activation -> transformers' name, shared with the GPT-2 conversion
 from .model import GPT, GPTConfig
 from .tokenizer import ENDOFTEXT, BPETokenizer, CharTokenizer
 
@@ -53,7 +55,6 @@ ARCHITECTURES = {  # Hugging Face class -> the minigpt configurations it represe
     "GPTNeoXForCausalLM": "position='rope', norm='layernorm', activation in gelu/gelu_tanh/relu",
     "LlamaForCausalLM": "position='rope', norm='rmsnorm', activation='swiglu'",
 }
-_ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
 
 
 class ExportError(ValueError):
@@ -98,6 +99,7 @@ def _rope_kwargs(config_cls: type, theta: float, legacy_name: str, **legacy: Any
 
 def _no_special_ids() -> dict[str, Any]:
     # `minigpt generate` never stops at a token and prepends nothing, so neither may the exported model
+    # (GPT-2's config does the same for a vocabulary without its <|endoftext|> id, see minigpt.hf)
     return dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)
 
 
@@ -114,33 +116,10 @@ def _norm(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     return cast(torch.Tensor, module.weight), cast("torch.Tensor | None", getattr(module, "bias", None))
 
 
-@torch.no_grad()
 def _to_gpt2(model: GPT) -> Any:
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from .hf import minigpt_to_gpt2
 
-    c = model.config
-    hf_config = GPT2Config(
-        vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
-        n_inner=c.d_ff, activation_function=_ACT_TO_HF[c.activation], layer_norm_epsilon=c.layer_norm_eps,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=c.tie_weights, **_no_special_ids(),
-    )
-    hf = GPT2LMHeadModel(hf_config)
-    theirs = hf.state_dict()
-    ours = model.state_dict()
-    for name, target in theirs.items():
-        if name.endswith(".attn.bias") or name.endswith(".attn.masked_bias"):
-            continue  # causal-mask buffers of older transformers versions
-        if name in ours:
-            value = ours[name]
-            # GPT-2 stores these layers as Conv1D, i.e. (in, out): the transpose of nn.Linear's weight
-            if name.endswith(("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")):
-                value = value.t()
-            target.copy_(value)
-        elif name.endswith(".bias"):
-            target.zero_()  # minigpt built with bias=False: a zero bias is the same function
-        else:
-            raise ExportError(f"GPT-2 parameter {name} has no counterpart in this minigpt model")
-    return hf
+    return minigpt_to_gpt2(model)
 
 
 @torch.no_grad()
@@ -255,11 +234,15 @@ def _copy_all(hf: Any, tensors: dict[str, torch.Tensor], what: str) -> None:
 
 
 def to_hf_model(model: GPT) -> Any:
-    """A Hugging Face causal LM (eval mode, float32) computing the same logits as ``model``."""
+    """A Hugging Face causal LM (eval mode, float32) computing the same logits as ``model``.
+
+    ``model`` is not modified (a half-precision model is copied to float32 first).
+    """
     if not isinstance(model, GPT):
         raise ExportError(f"only minigpt GPT models export to Hugging Face, not {type(model).__name__}")
     arch = hf_architecture(model.config)
-    model = model.float()
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        model = copy.deepcopy(model).float()  # bf16/fp16 exports as float32; the caller keeps its model
     hf = {"GPT2LMHeadModel": _to_gpt2, "GPTNeoXForCausalLM": _to_neox, "LlamaForCausalLM": _to_llama}[arch](model)
     return hf.eval()
 
@@ -339,7 +322,7 @@ def _run_cli(args: argparse.Namespace) -> int:
     try:
         import transformers  # noqa: F401
     except ImportError:
-        print("minigpt export: error: needs the Hugging Face extra: pip install 'minigpt[hf]'", file=sys.stderr)
+        print("minigpt export: error: needs transformers (the [hf] extra): pip install transformers", file=sys.stderr)
         return 2
     try:
         out = export_hf(args.checkpoint, args.out)

@@ -175,3 +175,28 @@ def test_bpe_tokenizer_exports_with_the_same_ids(tmp_path):
     expected = greedy_minigpt(model, bpe, "ROMEO:", 12)
     pipe = transformers.pipeline("text-generation", model=str(out))
     assert pipe("ROMEO:", max_new_tokens=12, do_sample=False)[0]["generated_text"] == expected
+
+
+def test_half_precision_model_exports_as_float32_and_is_left_untouched():
+    model = random_gpt(CHARS.vocab_size, position="rope", activation="gelu").to(torch.bfloat16)
+    hf_model = to_hf_model(model)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert next(hf_model.parameters()).dtype == torch.float32
+    # the reference: the same (bf16-rounded) weights in a float32 GPT, whose RoPE tables are float32 as HF's are
+    ref = GPT(model.config).eval()
+    ref.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    idx = torch.tensor([CHARS.encode("ROMEO: what light")])
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(idx).logits, ref(idx)[0], rtol=0, atol=1e-5)
+
+
+def test_cli_without_transformers_says_what_to_install(tmp_path, monkeypatch, capsys):
+    from minigpt.cli import main
+
+    model = random_gpt(CHARS.vocab_size)
+    save_checkpoint(tmp_path / "ckpt", model, tokenizer=CHARS)
+    monkeypatch.setitem(sys.modules, "transformers", None)  # what a core-only install looks like
+    assert main(["export", str(tmp_path / "ckpt"), "--to", "hf", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pip install transformers" in err and "[hf]" in err
+    assert not (tmp_path / "hf").exists()
