@@ -295,6 +295,7 @@ def export_hf(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
     if out.exists() and any(out.iterdir()) and not (out / "config.json").exists():
         raise ExportError(f"{out} exists and is not an exported model folder; choose an empty or new folder")
     hf_model.generation_config.do_sample = False
+    hf_tok.model_max_length = model.config.block_size  # type: ignore[union-attr]  # a GPT, checked above
     hf_model.save_pretrained(out)
     hf_tok.save_pretrained(out)
     (out / "minigpt_export.json").write_text(json.dumps(
@@ -342,9 +343,9 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
         "AutoTokenizer and pipeline('text-generation') load.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("checkpoint", help="output folder of `minigpt train` (best/, else ckpt/), a checkpoint "
-                   "folder or its model.safetensors")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="output folder of `minigpt train` (best/, else "
+                   "ckpt/), a checkpoint folder or its model.safetensors")
     p.add_argument("--to", choices=["hf"], required=True, help="target format (hf = Hugging Face transformers)")
-    p.add_argument("out", help="folder to write")
+    p.add_argument("out", metavar="OUT", help="folder to write")
     p.set_defaults(func=_run_cli)
     return p
