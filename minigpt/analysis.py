@@ -499,13 +499,14 @@ def analyze_attention(
         model: torch.nn.Module = GPT(config)
         description = "untrained GPT (random weights, 2 layers x 4 heads): a baseline, not a trained model"
     else:
-        from .checkpoint import load_checkpoint
+        from .checkpoint import load_checkpoint, resolve_checkpoint
 
-        model, info = load_checkpoint(checkpoint, device=device)
+        folder = resolve_checkpoint(checkpoint)
+        model, info = load_checkpoint(folder, device=device)
         tokenizer = info.tokenizer
         if tokenizer is None:
-            raise ValueError(f"{checkpoint} has no tokenizer saved with it, so the text cannot be encoded")
-        description = f"checkpoint {checkpoint} (step {info.step})"
+            raise ValueError(f"{folder} has no tokenizer saved with it, so the text cannot be encoded")
+        description = f"checkpoint {folder} (step {info.step})"
     if not _is_minigpt(model) or not isinstance(model, LanguageModel):
         raise ValueError(f"{type(model).__name__} has no forward_with_attention; analyse a GPT checkpoint")
     try:
@@ -593,7 +594,8 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
         description="Write attention figures and per-head metrics for a text. Without --checkpoint an "
         "untrained GPT is analysed as a baseline.",
     )
-    p.add_argument("--checkpoint", default=None, help="checkpoint folder (e.g. out/ckpt or out/best)")
+    p.add_argument("--checkpoint", default=None, help="output folder of `minigpt train` (its best/, else "
+                   "ckpt/), a checkpoint folder or its model.safetensors")
     p.add_argument("--text", default="ROMEO:\nBut soft, what light through yonder window breaks?",
                    help="text to analyse (cropped to the model's block_size)")
     p.add_argument("--layer", type=int, default=None, help="only this layer (default: all)")

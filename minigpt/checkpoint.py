@@ -45,7 +45,7 @@ from torch import nn
 __all__ = [
     "BEST_DIR", "LATEST_DIR", "MODEL_REGISTRY", "CheckpointError", "CheckpointInfo", "build_model",
     "latest_checkpoint", "load_checkpoint", "load_train_state", "read_meta", "register_model",
-    "save_checkpoint", "strip_prefixes", "unwrap_model",
+    "resolve_checkpoint", "save_checkpoint", "strip_prefixes", "unwrap_model",
 ]
 
 log = logging.getLogger(__name__)
@@ -496,3 +496,32 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
         if (candidate / META_FILE).exists() and (candidate / WEIGHTS_FILE).exists():
             return candidate
     return None
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint folder a user means: the folder itself, its model.safetensors or meta.json, or a
+    `minigpt train --out-dir` (its best/ weights, else its latest ckpt/). Every command that reads a
+    checkpoint (generate, serve, analyze-attention, export) resolves its argument here.
+
+    Raises CheckpointError listing every place it looked.
+    """
+    p = Path(path).expanduser()
+    if p.name in (WEIGHTS_FILE, META_FILE) and not p.is_dir():
+        p = p.parent
+    candidates = [p, p / BEST_DIR, p / LATEST_DIR]
+    for c in candidates:
+        if (c / META_FILE).is_file():
+            return c
+    for c in candidates:  # a crash between the two renames of a save leaves only the `.old` copy
+        old = c.with_name(f".{c.name}.old")
+        if (old / META_FILE).is_file():
+            log.warning("checkpoint %s is missing; using the previous copy %s", c, old)
+            return old
+    looked = ", ".join(str(c / META_FILE) for c in candidates)
+    hint = ""
+    if p.suffix in (".pt", ".pth", ".bin"):
+        hint = f" minigpt checkpoints are folders ({WEIGHTS_FILE} + {META_FILE}), not {p.suffix} files."
+    raise CheckpointError(
+        f"no checkpoint found at {p.resolve()} (looked for {looked}).{hint} Train one first, e.g. "
+        f"`minigpt train --max-time 60 --out-dir {p}`, then pass that folder"
+    )

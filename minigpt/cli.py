@@ -23,10 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import resolve_checkpoint  # re-exported: it was defined here before
+
 __all__ = ["CLIError", "build_parser", "main", "resolve_checkpoint"]
 
 # Modules that may add subcommands; each is optional (missing module or dependency = no subcommand).
-_PLUGINS = ("minigpt.course", "minigpt.analysis", "minigpt.serve")
+_PLUGINS = ("minigpt.course", "minigpt.analysis", "minigpt.serve", "minigpt.export")
 _DEFAULT_OUT = "out"
 _INTERACTIVE_HELP = (
     "type a prompt and press Enter, or change a setting:\n"
@@ -450,28 +452,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- generate
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint folder from what a user typed: the folder itself, a file in it, or a train --out-dir
-    (its best/ weights, else its ckpt/). Raises CLIError saying where it looked."""
-    from .checkpoint import BEST_DIR, LATEST_DIR, META_FILE, WEIGHTS_FILE
-
-    p = Path(path).expanduser()
-    if p.is_file() and p.name in (META_FILE, WEIGHTS_FILE):
-        p = p.parent
-    candidates = [p, p / BEST_DIR, p / LATEST_DIR]
-    for c in candidates:
-        if (c / META_FILE).is_file():
-            return c
-    looked = ", ".join(str(c / META_FILE) for c in candidates)
-    hint = ""
-    if p.suffix in (".pt", ".pth", ".bin"):
-        hint = " minigpt checkpoints are folders (model.safetensors + meta.json), not .pt files."
-    raise CLIError(
-        f"no checkpoint found at {p.resolve()} (looked for {looked}).{hint} Train one first, e.g. "
-        f"`minigpt train --max-time 60 --out-dir {p}`, then pass --checkpoint {p}"
-    )
 
 
 def _default_prompt(tokenizer: Any) -> str:

@@ -35,6 +35,7 @@ __all__ = [
     "ToyTask",
     "check_length",
     "default_data_dir",
+    "user_cache_dir",
     "download",
     "get_batch",
     "load_shakespeare",
@@ -84,12 +85,13 @@ def sha256_file(path: str | os.PathLike) -> str:
 def download(url: str, dest: str | os.PathLike, sha256: str | None = None) -> Path:
     """Download `url` to `dest`, checking its sha256 before the file appears at `dest`.
 
+    Folders are created only once the bytes are in hand and verified, so a failed download creates
+    nothing.
     The bytes go to a temp file in the same folder and are renamed into place with `os.replace`
     (atomic on one filesystem), so `dest` is either absent, the old file, or the complete verified
     new file: a bad download never lands in the cache or replaces a good copy.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         payload = _fetch(url)
     except (urllib.error.URLError, OSError, TimeoutError) as e:
@@ -102,6 +104,7 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None) -> Pa
                 f"The file was not saved. The server or a proxy may have returned an error page; "
                 f"retry later or place the correct file at {dest} by hand."
             )
+    dest.parent.mkdir(parents=True, exist_ok=True)  # only now: a failed download leaves no empty folder
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -120,27 +123,42 @@ def _stat_key(path: Path) -> tuple[str, int, int]:
     return (str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
+def user_cache_dir() -> Path:
+    """The per-user cache folder for downloaded corpora: platformdirs' ``user_cache_dir("minigpt")/data``
+    when platformdirs is installed (~/.cache on Linux, ~/Library/Caches on macOS, %LOCALAPPDATA% on
+    Windows), else the XDG convention ``$XDG_CACHE_HOME/minigpt/data`` (default ``~/.cache/minigpt/data``)."""
+    try:
+        from platformdirs import user_cache_dir as _platform_cache
+    except ImportError:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minigpt"
+    else:
+        base = Path(_platform_cache("minigpt", appauthor=False))
+    return base / "data"
+
+
 def default_data_dir() -> Path:
     """Where downloaded corpora are cached, in this order:
 
     1. `$MINIGPT_DATA_DIR` if set (an explicit choice always wins);
     2. the `data/` folder at the repository root, when minigpt runs from a checkout of the repo
        (so notebooks started from any subfolder share one cache);
-    3. `./data` relative to the current working directory (e.g. a pip-installed minigpt).
+    3. the per-user cache, :func:`user_cache_dir` (an installed minigpt, run from any folder).
+
+    Nothing is created here; the folder appears when a download succeeds.
     """
     env = os.environ.get("MINIGPT_DATA_DIR")
     if env:
         return Path(env).expanduser()
     if (_REPO_ROOT / "pyproject.toml").is_file() and (_REPO_ROOT / "minigpt").is_dir():
         return _REPO_ROOT / "data"
-    return Path("data")
+    return user_cache_dir()
 
 
 def load_shakespeare(cache_dir: str | os.PathLike | None = None) -> str:
     """Return tiny Shakespeare (1,115,394 characters; Karpathy's char-rnn corpus) as one string.
 
     The file is `<cache_dir>/tinyshakespeare.txt`; `cache_dir=None` means `default_data_dir()`
-    (`$MINIGPT_DATA_DIR`, else the repo's `data/`, else `./data`). A cached file is used if its
+    (`$MINIGPT_DATA_DIR`, else the repo's `data/`, else the per-user cache). A cached file is used if its
     sha256 matches (checked once per process); otherwise it is downloaded from `SHAKESPEARE_URL`.
     """
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_data_dir()

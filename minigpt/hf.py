@@ -92,8 +92,8 @@ def hf_config_from(config: GPTConfig) -> Any:
     unsupported = []
     if config.position != "learned":
         unsupported.append(f"position={config.position!r} (GPT-2 learns its positions)")
-    if config.norm != "layernorm" or not config.bias:
-        unsupported.append("norm must be layernorm with bias")
+    if config.norm != "layernorm":
+        unsupported.append(f"norm={config.norm!r} (GPT-2 uses LayerNorm)")
     if not config.prenorm:
         unsupported.append("post-LN blocks")
     if config.n_kv_head not in (None, config.n_head):
@@ -145,16 +145,24 @@ def gpt2_to_minigpt(hf_model: Any) -> GPT:
 
 @torch.no_grad()
 def minigpt_to_gpt2(model: GPT) -> Any:
-    """A ``GPT2LMHeadModel`` holding the weights of a (GPT-2 shaped) :class:`GPT`."""
+    """A ``GPT2LMHeadModel`` holding the weights of a (GPT-2 shaped) :class:`GPT`.
+
+    A model built with ``bias=False`` gets zero biases, which GPT-2 always has: the same function.
+    """
     from transformers import GPT2LMHeadModel
 
     hf_model = GPT2LMHeadModel(hf_config_from(model.config))
     theirs = hf_model.state_dict()
-    for name, value in model.state_dict().items():
-        value = value.t() if _is_conv1d(name) else value
+    ours = model.state_dict()
+    for name in ours:
         if name not in theirs:
             raise ValueError(f"{name} has no place in Hugging Face GPT-2")
-        theirs[name].copy_(value)
+    with torch.no_grad():
+        for name, target in theirs.items():
+            if name in ours:
+                target.copy_(ours[name].t() if _is_conv1d(name) else ours[name])
+            elif name.endswith(".bias") and not model.config.bias and not name.endswith((".attn.bias", ".masked_bias")):
+                target.zero_()
     hf_model.eval()
     return hf_model
 

@@ -225,3 +225,43 @@ def test_rng_states_survive_weights_only_loading(tmp_path):
     _set_rng_state(load_train_state(tmp_path / "c")["rng"])
     assert (random.random(), np.random.randn(3).tolist()) == expected[:2]
     assert torch.equal(torch.rand(3), expected[2])
+
+
+# ---------------------------------------------------------------------------- resolve_checkpoint
+
+
+def _tiny_saved(path):
+    return ckpt.save_checkpoint(path, GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4)))
+
+
+def test_resolve_checkpoint_accepts_every_way_of_naming_one(tmp_path):
+    out = tmp_path / "run"
+    latest = _tiny_saved(out / "ckpt")
+    assert ckpt.resolve_checkpoint(out) == latest  # no best/ yet: the latest
+    best = _tiny_saved(out / "best")
+    assert ckpt.resolve_checkpoint(out) == best  # an output folder means its best weights
+    assert ckpt.resolve_checkpoint(out / "ckpt") == latest
+    assert ckpt.resolve_checkpoint(out / "ckpt" / "model.safetensors") == latest
+    assert ckpt.resolve_checkpoint(out / "best" / "meta.json") == best
+
+
+def test_resolve_checkpoint_falls_back_to_the_copy_an_interrupted_save_left(tmp_path):
+    old = _tiny_saved(tmp_path / "run" / ".ckpt.old")
+    assert ckpt.resolve_checkpoint(tmp_path / "run") == old
+
+
+def test_resolve_checkpoint_says_where_it_looked(tmp_path):
+    with pytest.raises(CheckpointError) as e:
+        ckpt.resolve_checkpoint(tmp_path / "nothing")
+    msg = str(e.value)
+    for place in ("nothing/meta.json", "nothing/best/meta.json", "nothing/ckpt/meta.json"):
+        assert place in msg
+    assert "minigpt train" in msg
+    with pytest.raises(CheckpointError, match="not .pt files"):
+        ckpt.resolve_checkpoint(tmp_path / "model.pt")
+
+
+def test_cli_reexports_resolve_checkpoint():
+    from minigpt import cli
+
+    assert cli.resolve_checkpoint is ckpt.resolve_checkpoint

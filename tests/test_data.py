@@ -91,11 +91,86 @@ def test_load_shakespeare_offline_names_url_and_path(tmp_path, monkeypatch):
 def test_default_data_dir_env_var_wins(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path))
     assert D.default_data_dir() == tmp_path
-    monkeypatch.delenv("MINIGPT_DATA_DIR")
-    if (D._REPO_ROOT / "pyproject.toml").is_file():  # running from the checkout: the repo's data/
-        assert D.default_data_dir() == D._REPO_ROOT / "data"
-    else:  # installed package: relative ./data
-        assert str(D.default_data_dir()) == "data"
+    monkeypatch.setattr(D, "_REPO_ROOT", tmp_path / "not-a-checkout")  # even outside a checkout
+    assert D.default_data_dir() == tmp_path
+
+
+def test_default_data_dir_is_the_repo_data_folder_in_a_checkout(tmp_path, monkeypatch):
+    monkeypatch.delenv("MINIGPT_DATA_DIR", raising=False)
+    repo = tmp_path / "repo"
+    (repo / "minigpt").mkdir(parents=True)
+    (repo / "pyproject.toml").write_text("[project]\n")
+    monkeypatch.setattr(D, "_REPO_ROOT", repo)
+    assert D.default_data_dir() == repo / "data"
+
+
+def test_default_data_dir_is_the_user_cache_when_installed(tmp_path, monkeypatch):
+    """An installed minigpt (no checkout around it) caches per user, not in the current folder."""
+    monkeypatch.delenv("MINIGPT_DATA_DIR", raising=False)
+    monkeypatch.setattr(D, "_REPO_ROOT", tmp_path / "site-packages")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # honoured by platformdirs on Linux too
+    monkeypatch.chdir(tmp_path)
+    expected = tmp_path / "xdg" / "minigpt" / "data"
+    assert D.default_data_dir() == expected == D.user_cache_dir()
+    assert not expected.exists() and not (tmp_path / "data").exists()  # choosing a folder creates nothing
+
+
+def test_user_cache_dir_without_platformdirs_follows_xdg(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_platformdirs(name, *args, **kwargs):
+        if name == "platformdirs":
+            raise ImportError("No module named 'platformdirs'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_platformdirs)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert D.user_cache_dir() == tmp_path / "xdg" / "minigpt" / "data"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert D.user_cache_dir() == tmp_path / "home" / ".cache" / "minigpt" / "data"
+
+
+def test_failed_download_creates_no_folder(tmp_path, monkeypatch):
+    def offline(url, timeout=60.0):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(D, "_fetch", offline)
+    cache = tmp_path / "cache" / "minigpt" / "data"
+    with pytest.raises(D.DownloadError):
+        D.load_shakespeare(cache)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_failed_download_through_the_default_folder_creates_nothing(tmp_path, monkeypatch):
+    def offline(url, timeout=60.0):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(D, "_fetch", offline)
+    monkeypatch.delenv("MINIGPT_DATA_DIR", raising=False)
+    monkeypatch.setattr(D, "_REPO_ROOT", tmp_path / "site-packages")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(D.DownloadError, match="MINIGPT_DATA_DIR"):
+        D.load_shakespeare()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_checksum_mismatch_creates_no_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "_fetch", lambda url, timeout=60.0: b"an error page")
+    with pytest.raises(D.ChecksumError):
+        D.download("https://example.invalid/f.txt", tmp_path / "new" / "f.txt", GOOD_SHA)
+    assert not (tmp_path / "new").exists()
+
+
+def test_env_var_folder_is_used_and_created_on_success(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "_fetch", lambda url, timeout=60.0: GOOD)
+    monkeypatch.setattr(D, "SHAKESPEARE_SHA256", GOOD_SHA)
+    monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path / "mine"))
+    assert D.load_shakespeare() == GOOD.decode()
+    assert (tmp_path / "mine" / D.SHAKESPEARE_FILENAME).read_bytes() == GOOD
 
 
 def test_real_shakespeare_checksum_if_cached():
