@@ -42,6 +42,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import fsync_dir as _fsync_dir
+from .atomic import write_synced as _write_bytes  # one name, so a test can simulate a full disk
+
 __all__ = [
     "BEST_DIR", "LATEST_DIR", "MODEL_REGISTRY", "CheckpointError", "CheckpointInfo", "build_model",
     "latest_checkpoint", "load_checkpoint", "load_train_state", "read_meta", "register_model",
@@ -150,35 +153,6 @@ def _tokenizer_payload(tokenizer: Any) -> dict[str, Any] | None:
     if not hasattr(tokenizer, "to_dict"):
         raise TypeError(f"tokenizer {type(tokenizer).__name__} has no to_dict(); pass a dict instead")
     return {"class": type(tokenizer).__name__, "data": tokenizer.to_dict()}
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms (Windows) cannot open folders; rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write a file through a temp file in the same folder + fsync + os.replace."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _write_bytes(tmp, data)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _weights_to_save(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
