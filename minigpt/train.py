@@ -404,7 +404,7 @@ def plan_run(
     """Turn what was asked for (epochs, a time budget) into the step counts the trainer runs.
 
     1. `epochs`: max_iters = ceil(epochs * train tokens / tokens per step), at least 1 (tokens per
-       step = batch_size * block_size * grad_accum; both counts come from an `LMBatches` or are passed).
+       step = batch_size * block_size * grad_accum; sizes from an `LMBatches`, else passed/config).
     2. Clamps: the decay ends by max_iters; a warmup as long as the run shrinks to max_iters // 10.
     3. `fit_time` with `config.max_time_s`: max_iters from the measured speed (`fit_to_budget`), so
        the decay ends when the budget does. Not under torchrun (ranks timing themselves could plan
@@ -416,7 +416,8 @@ def plan_run(
         block_size = block_size if block_size is not None else getattr(get_batch, "block_size", None)
         if train_tokens is None or block_size is None:
             raise ValueError("epochs need the data size: pass train_tokens= and block_size= (or use lm_batches)")
-        per_step = config.batch_size * block_size * config.grad_accum
+        batch_size = getattr(get_batch, "batch_size", config.batch_size)  # what get_batch really draws
+        per_step = batch_size * block_size * config.grad_accum
         steps = max(1, math.ceil(epochs * train_tokens / per_step))
         config = dataclasses.replace(config, max_iters=steps)
         notes.append(f"{epochs:g} epochs of {train_tokens:,} tokens = {steps} steps of {per_step:,} tokens")
