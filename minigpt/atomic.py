@@ -9,7 +9,7 @@ one. Checkpoint folders use the same pieces (`write_synced`, `fsync_dir`) for a 
 from __future__ import annotations
 
 import os
-import tempfile
+import threading
 from pathlib import Path
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "fsync_dir", "write_synced"]
@@ -41,8 +41,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` atomically and durably (temp file + fsync + os.replace + fsync of the folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    # a name of our own (not mkstemp, whose files are private to the owner): the file gets the usual
+    # permissions, and two threads or processes writing the same path never share a temp file
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
         write_synced(tmp, data)
         os.replace(tmp, path)

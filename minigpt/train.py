@@ -101,7 +101,11 @@ log = logging.getLogger(__name__)
 # old private names, kept for code that imported them
 _rng_state, _set_rng_state = rng_state, set_rng_state
 
-GetBatch = Callable[[str, torch.Generator], Sequence[torch.Tensor]]
+# The trainer's data source: `get_batch(split, generator) -> (inputs..., targets)`, a function of the
+# split. `minigpt.data.get_batch(data, block_size, batch_size)` samples one tensor; `LMBatches` wraps
+# it into a source (the parameter keeps the name `get_batch`, which DESIGN.md freezes).
+BatchFn = Callable[[str, torch.Generator], Sequence[torch.Tensor]]
+GetBatch = BatchFn  # the older name
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 OPTIMIZERS = ("adamw", "muon")
 STATUSES = ("running", "completed", "time_limit", "early_stopped", "stopped", "interrupted", "diverged")
@@ -328,7 +332,7 @@ def lm_batches(train_data: torch.Tensor, val_data: torch.Tensor, block_size: int
 
 
 def measure_steps_per_second(
-    model: nn.Module, get_batch: GetBatch, config: TrainConfig, steps: int = 8, min_seconds: float = 1.0
+    model: nn.Module, get_batch: BatchFn, config: TrainConfig, steps: int = 8, min_seconds: float = 1.0
 ) -> float:
     """Optimizer steps per second of this model, batch and optimizer here, timed on a throwaway copy
     over at least `steps` steps and `min_seconds` seconds (a handful of steps is too noisy to plan by)."""
@@ -361,7 +365,7 @@ def measure_steps_per_second(
     return done / (time.perf_counter() - t0)
 
 
-def fit_to_budget(model: nn.Module, get_batch: GetBatch, config: TrainConfig) -> tuple[TrainConfig, float]:
+def fit_to_budget(model: nn.Module, get_batch: BatchFn, config: TrainConfig) -> tuple[TrainConfig, float]:
     """A copy of `config` whose max_iters makes warmup + decay end when `config.max_time_s` does.
 
     A schedule cut off by the clock halfway never reaches its low learning rate, and the last,
@@ -393,7 +397,7 @@ class RunPlan:
 
 def plan_run(
     config: TrainConfig,
-    get_batch: GetBatch | None = None,
+    get_batch: BatchFn | None = None,
     model: nn.Module | None = None,
     *,
     epochs: float | None = None,
@@ -453,7 +457,7 @@ class Trainer:
     def __init__(
         self,
         model: nn.Module,
-        get_batch: GetBatch,
+        get_batch: BatchFn,
         config: TrainConfig | None = None,
         *,
         tokenizer: Any = None,
@@ -837,7 +841,7 @@ class Trainer:
 
 def train(
     model: nn.Module,
-    get_batch: GetBatch,
+    get_batch: BatchFn,
     config: TrainConfig | None = None,
     *,
     tokenizer: Any = None,

@@ -402,6 +402,9 @@ def test_atomic_write_replaces_whole_files_and_leaves_no_temp_files(tmp_path, mo
     monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
     atomic.atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"new" and len(synced) == 2  # the file, then its folder
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # ordinary permissions, not mkstemp's 0o600
 
     def crash(path, data):
         raise OSError("disk full")
