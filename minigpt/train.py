@@ -521,9 +521,16 @@ class Trainer:
                 self._evaluate_and_save()  # the loss before training: about ln(vocab size)
             while self.step < cfg.max_iters:
                 lr = self._set_lr()  # a pure function of the step (warmup, then decay)
-                loss, tokens = self._forward_backward()  # grad_accum micro-batches, gradients accumulate
+                loss_sum, tokens = torch.zeros((), device=self.device), 0
+                for micro in range(cfg.grad_accum):  # gradients of the micro-batches add up
+                    batch = self._fetch("train", self.generator)  # (inputs..., targets) on the device
+                    with self._grad_sync(last=micro == cfg.grad_accum - 1):
+                        loss = self._forward_loss(self.train_model, batch)  # forward under autocast
+                        self.scaler.scale(loss / cfg.grad_accum).backward()  # so the sum is the mean
+                    loss_sum += loss.detach().float()
+                    tokens += batch[-1].numel() * self.dist.world_size
                 grad_norm = self._clip_gradients()
-                loss, grad_norm = self._check_finite(loss, grad_norm, lr)  # raises before a bad step
+                loss, grad_norm = self._check_finite(loss_sum / cfg.grad_accum, grad_norm, lr)  # NaN guard
                 self.scaler.step(self.optimizer)  # optimizer.step(), unless fp16 overflowed
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -548,22 +555,11 @@ class Trainer:
             group["lr"] = lr
         return lr
 
-    def _forward_backward(self) -> tuple[torch.Tensor, int]:
-        """Gradient of the mean loss over `grad_accum` micro-batches; returns (that loss, tokens seen)."""
-        n = self.config.grad_accum
-        loss_sum = torch.zeros((), device=self.device)
-        tokens = 0
-        for micro in range(n):
-            batch = self._fetch("train", self.generator)
-            # DDP all-reduces gradients in backward; on all but the last micro-batch that is wasted work
-            last = micro == n - 1
-            sync = contextlib.nullcontext() if last or not self.dist.enabled else self.train_model.no_sync()
-            with sync:
-                loss = self._forward_loss(self.train_model, batch)
-                self.scaler.scale(loss / n).backward()
-            loss_sum += loss.detach().float()
-            tokens += batch[-1].numel()
-        return loss_sum / n, tokens * self.dist.world_size
+    def _grad_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """DDP all-reduces gradients in backward; before the last micro-batch that is wasted work."""
+        if last or not self.dist.enabled:
+            return contextlib.nullcontext()
+        return self.train_model.no_sync()
 
     def _clip_gradients(self) -> torch.Tensor:
         """Clip the global gradient norm (if grad_clip > 0) and return the norm before clipping."""
