@@ -7,6 +7,10 @@ Other modules add their own subcommands through an `add_cli(subparsers)` functio
 parser and sets `func=handler(args) -> int | None` (see `_PLUGINS`). Heavy imports (the trainer,
 Hugging Face) happen inside the handlers, so `minigpt --help` stays quick.
 
+Every flag may also be spelled with underscores (`--batch_size`, nanoGPT's config keys): one rule
+(`_dashed`) instead of a hidden alias per flag. Training policy (epochs to steps, warmup and decay
+clamps, a time budget turned into steps) is `minigpt.train.plan_run`; `cmd_train` parses and calls.
+
 Errors a user can fix (a bad flag value, a missing file, unknown characters in a prompt) print one
 line and exit with status 2, without a traceback; set MINIGPT_DEBUG=1 to see the traceback.
 """

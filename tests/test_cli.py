@@ -215,3 +215,14 @@ def test_optimizer_and_position_flags_and_resume_keeps_the_optimizer(tmp_path: P
     with pytest.raises(SystemExit) as exc:
         main(["train", "--optimizer", "sgd"])
     assert exc.value.code == 2 and "invalid choice: 'sgd'" in capsys.readouterr().err
+
+
+def test_every_flag_accepts_underscores_by_one_rule():
+    from minigpt.cli import _dashed, build_parser
+
+    argv = ["train", "--batch_size", "4", "--out_dir=runs/a_b", "--max_iters", "3", "--", "--x_y"]
+    assert _dashed(argv) == ["train", "--batch-size", "4", "--out-dir=runs/a_b", "--max-iters", "3", "--", "--x_y"]
+    args = build_parser().parse_args(_dashed(argv[:-2]))
+    assert (args.batch_size, args.out_dir, args.max_iters) == (4, "runs/a_b", 3)
+    with pytest.raises(SystemExit):  # other words for a flag are gone: one spelling, dashes or underscores
+        build_parser().parse_args(["train", "--learning-rate", "1e-3"])
