@@ -91,17 +91,18 @@ def checker_call(source: str) -> tuple[str, str, list[str]] | None:
     except SyntaxError:
         return None
     ids = checker_ids()
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) in ids]
+    calls = [(n, n.func.id) for n in ast.walk(tree)
+             if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in ids]
     if not calls:
         return None
-    if len({c.func.id for c in calls}) > 1:
-        raise AnnotateError(f"calls {sorted({c.func.id for c in calls})}: one checker per cell")
-    call, text = calls[0], strip_hidden_tests(source)
-    args = [ast.get_source_segment(text, a) for a in call.args]
+    if len({name for _, name in calls}) > 1:
+        raise AnnotateError(f"calls {sorted({name for _, name in calls})}: one checker per cell")
+    (call, name), text = calls[0], strip_hidden_tests(source)
+    args = [ast.get_source_segment(text, a) or "" for a in call.args]
     for k in call.keywords:
         value = ast.get_source_segment(text, k.value)
         args.append(f"{k.arg}={value}" if k.arg else f"**{value}")
-    return call.func.id, ids[call.func.id], args
+    return name, ids[name], args
 
 
 def hidden_region(exercise: str, args: list[str]) -> str:
@@ -166,7 +167,7 @@ def annotate_notebook(nb, where: str = "notebook"):
     """Return a copy of ``nb`` with nbgrader metadata on every cell (see the module docstring)."""
     nb = copy.deepcopy(nb)
     headings = exercise_headings(nb)
-    current, used = None, set()
+    current, used = None, set[str]()
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "markdown":
             ids = [m.group("id") for m in HEADING.finditer(cell.source)]

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .model import count_parameters
+
 __all__ = ["BigramConfig", "BigramLM", "MLPConfig", "MLPLM"]
 
 
@@ -46,7 +48,7 @@ class BigramLM(nn.Module):
         return logits, _loss(logits, targets)
 
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        return count_parameters(self)[1]
 
 
 @dataclass
@@ -90,4 +92,4 @@ class MLPLM(nn.Module):
         return logits, _loss(logits, targets)
 
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        return count_parameters(self)[1]

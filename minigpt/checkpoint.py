@@ -42,6 +42,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import fsync_dir as _fsync_dir
+from .atomic import write_synced as _write_bytes  # one name, so a test can simulate a full disk
+
 __all__ = [
     "BEST_DIR", "LATEST_DIR", "MODEL_REGISTRY", "CheckpointError", "CheckpointInfo", "build_model",
     "latest_checkpoint", "load_checkpoint", "load_train_state", "read_meta", "register_model",
@@ -152,35 +155,6 @@ def _tokenizer_payload(tokenizer: Any) -> dict[str, Any] | None:
     return {"class": type(tokenizer).__name__, "data": tokenizer.to_dict()}
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms (Windows) cannot open folders; rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write a file through a temp file in the same folder + fsync + os.replace."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _write_bytes(tmp, data)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def _weights_to_save(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """CPU state dict with shared tensors stored once; returns (tensors, {alias: kept_name})."""
     state = strip_prefixes(unwrap_model(model).state_dict())
@@ -249,19 +223,27 @@ def save_checkpoint(
     except TypeError as e:
         raise TypeError(f"checkpoint metadata must be JSON-serialisable: {e}") from e
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    old = path.with_name(f".{path.name}.old")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    _write_bytes(tmp / WEIGHTS_FILE, st_save(tensors, metadata={"format": "pt", "producer": FORMAT}))
+    files = {WEIGHTS_FILE: st_save(tensors, metadata={"format": "pt", "producer": FORMAT})}
     if train_state is not None:
         import io
 
         buf = io.BytesIO()
         torch.save(train_state, buf)
-        _write_bytes(tmp / STATE_FILE, buf.getvalue())
-    _write_bytes(tmp / META_FILE, meta_bytes)  # last: a folder with meta.json is complete
+        files[STATE_FILE] = buf.getvalue()
+    files[META_FILE] = meta_bytes  # last: a folder with meta.json is complete
+    return _write_folder(path, files)
+
+
+def _write_folder(path: Path, files: dict[str, bytes]) -> Path:
+    """Write `files` (in order, each fsynced) into a temp sibling folder and swap it in with `os.replace`;
+    the previous folder stays as `.NAME.old` until the new one is in place (see `latest_checkpoint`)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    old = path.with_name(f".{path.name}.old")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for name, data in files.items():
+        _write_bytes(tmp / name, data)
     _fsync_dir(tmp)
     if path.exists():
         if old.exists():
@@ -401,6 +383,39 @@ def _rebuild_tokenizer(payload: dict[str, Any] | None) -> Any:
         return None
 
 
+def _check_architecture(folder: Path, meta: dict[str, Any], raw: nn.Module) -> None:
+    """Raise CheckpointError naming what differs between the saved model and `raw`."""
+    if type(raw).__name__ != meta.get("model_class"):
+        raise CheckpointError(
+            f"{folder} holds a {meta.get('model_class')} but the model given is a {type(raw).__name__}"
+        )
+    _, current = _model_config(raw)
+    if meta.get("model_config") is not None and current is not None:
+        diffs = _config_diff(meta["model_config"], current)
+        if diffs:
+            raise CheckpointError(
+                f"architecture mismatch with {folder}: " + "; ".join(diffs)
+                + ". Build the model with the checkpoint's config (load_checkpoint without model=)."
+            )
+
+
+def _info(folder: Path, meta: dict[str, Any]) -> CheckpointInfo:
+    tok = meta.get("tokenizer")
+    return CheckpointInfo(
+        path=folder,
+        model_class=str(meta.get("model_class", "")),
+        model_config=meta.get("model_config"),
+        tokenizer=_rebuild_tokenizer(tok),
+        tokenizer_dict=(tok or {}).get("data"),
+        train_config=meta.get("train_config"),
+        step=meta.get("step"),
+        best_val_loss=meta.get("best_val_loss"),
+        minigpt_version=meta.get("minigpt_version"),
+        metadata=meta.get("metadata") or {},
+        has_train_state=(folder / STATE_FILE).exists(),
+    )
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     device: str | torch.device = "cpu",
@@ -424,19 +439,7 @@ def load_checkpoint(
     if model is None:
         model = build_model(meta)
     else:
-        raw = unwrap_model(model)
-        if type(raw).__name__ != meta.get("model_class"):
-            raise CheckpointError(
-                f"{folder} holds a {meta.get('model_class')} but the model given is a {type(raw).__name__}"
-            )
-        _, current = _model_config(raw)
-        if meta.get("model_config") is not None and current is not None:
-            diffs = _config_diff(meta["model_config"], current)
-            if diffs:
-                raise CheckpointError(
-                    f"architecture mismatch with {folder}: " + "; ".join(diffs)
-                    + ". Build the model with the checkpoint's config (load_checkpoint without model=)."
-                )
+        _check_architecture(folder, meta, unwrap_model(model))
     raw = unwrap_model(model)
     expected = raw.state_dict()
     wrong_shape = [
@@ -454,21 +457,7 @@ def load_checkpoint(
         )
     model.to(device)
     model.eval()
-    tok = meta.get("tokenizer")
-    info = CheckpointInfo(
-        path=folder,
-        model_class=meta["model_class"],  # build_model or the class check above found it
-        model_config=meta.get("model_config"),
-        tokenizer=_rebuild_tokenizer(tok),
-        tokenizer_dict=(tok or {}).get("data"),
-        train_config=meta.get("train_config"),
-        step=meta.get("step"),
-        best_val_loss=meta.get("best_val_loss"),
-        minigpt_version=meta.get("minigpt_version"),
-        metadata=meta.get("metadata") or {},
-        has_train_state=(folder / STATE_FILE).exists(),
-    )
-    return model, info
+    return model, _info(folder, meta)
 
 
 def load_train_state(path: str | os.PathLike) -> dict[str, Any]:

@@ -7,6 +7,10 @@ Other modules add their own subcommands through an `add_cli(subparsers)` functio
 parser and sets `func=handler(args) -> int | None` (see `_PLUGINS`). Heavy imports (the trainer,
 Hugging Face) happen inside the handlers, so `minigpt --help` stays quick.
 
+Every flag may also be spelled with underscores (`--batch_size`, nanoGPT's config keys): one rule
+(`_dashed`) instead of a hidden alias per flag. Training policy (epochs to steps, warmup and decay
+clamps, a time budget turned into steps) is `minigpt.train.plan_run`; `cmd_train` parses and calls.
+
 Errors a user can fix (a bad flag value, a missing file, unknown characters in a prompt) print one
 line and exit with status 2, without a traceback; set MINIGPT_DEBUG=1 to see the traceback.
 """
@@ -47,44 +51,25 @@ class CLIError(Exception):
 # ---------------------------------------------------------------------------- argument types
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _checked(parse: Any, ok: Any, rule: str, kind: str) -> Any:
+    """An argparse type: `parse(text)`, then require `ok(value)`; errors say "must be <rule>"."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+
+    return convert
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
+_positive_int = _checked(int, lambda v: v >= 1, ">= 1", "a whole number")
+_non_negative_int = _checked(int, lambda v: v >= 0, ">= 0", "a whole number")
+_positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "a number > 0", "a number")
+_fraction = _checked(float, lambda v: 0.0 <= v < 1.0, "in [0, 1)", "a number")
 
 
 _DTYPE_ALIASES = {"auto": "auto", "fp32": "float32", "float32": "float32", "bf16": "bfloat16",
@@ -100,9 +85,16 @@ def _dtype(text: str) -> str:
     return _DTYPE_ALIASES[key]
 
 
-def _alias(parser: argparse.ArgumentParser, *names: str, dest: str, **kwargs: Any) -> None:
-    """Accept other spellings (the seed tutorials' `--batch_size` ...) without cluttering --help."""
-    parser.add_argument(*names, dest=dest, help=argparse.SUPPRESS, default=None, **kwargs)
+def _dashed(argv: list[str]) -> list[str]:
+    """`--batch_size` -> `--batch-size`: every flag is accepted with underscores (the spelling of
+    nanoGPT's config keys and of the seed tutorials) without a second, hidden set of flags."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":  # what follows is data, never a flag
+            return out + argv[i:]
+        name, eq, value = arg.partition("=")
+        out.append(name.replace("_", "-") + eq + value if name.startswith("--") else arg)
+    return out
 
 
 # ---------------------------------------------------------------------------- parsers
@@ -161,8 +153,14 @@ def _add_train_parser(sub: Any) -> None:
         epilog=_TRAIN_EPILOG.format(presets=_preset_lines()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g = p.add_argument_group("model")
-    g.add_argument("--preset", default="shakespeare-cpu", choices=list(TRAIN_PRESETS),
+    _add_model_flags(p.add_argument_group("model"), list(TRAIN_PRESETS))
+    _add_training_flags(p.add_argument_group("training"))
+    _add_output_flags(p.add_argument_group("data, hardware and output"))
+    p.set_defaults(func=cmd_train)
+
+
+def _add_model_flags(g: Any, presets: list[str]) -> None:
+    g.add_argument("--preset", default="shakespeare-cpu", choices=presets,
                    help="starting point for every setting below (default: shakespeare-cpu)")
     g.add_argument("--model-type", default="transformer", choices=["transformer", "mlp", "bigram"],
                    help="transformer (GPT), or a baseline without attention (default: transformer)")
@@ -179,14 +177,9 @@ def _add_train_parser(sub: Any) -> None:
     g.add_argument("--tokenizer", default="char", choices=["char", "bpe"],
                    help="char (one id per character, default) or byte-level BPE")
     g.add_argument("--vocab-size", type=_positive_int, default=512, help="BPE vocabulary size (default 512)")
-    _alias(g, "--model_type", dest="model_type", choices=["transformer", "mlp", "bigram"])
-    _alias(g, "--n_layer", "--num_layers", "--num-layers", dest="n_layer", type=_positive_int)
-    _alias(g, "--n_head", "--num_heads", "--num-heads", dest="n_head", type=_positive_int)
-    _alias(g, "--n_embd", "--embedding_dim", "--embedding-dim", dest="n_embd", type=_positive_int)
-    _alias(g, "--block_size", "--sequence_length", "--sequence-length", dest="block_size", type=_positive_int)
-    _alias(g, "--hidden_dim", "--hidden-dim", "--d_ff", dest="d_ff", type=_positive_int)
 
-    g = p.add_argument_group("training")
+
+def _add_training_flags(g: Any) -> None:
     g.add_argument("--batch-size", type=_positive_int, help="sequences per step")
     g.add_argument("--lr", type=_positive_float, help="peak learning rate")
     g.add_argument("--optimizer", choices=["adamw", "muon"],
@@ -206,15 +199,9 @@ def _add_train_parser(sub: Any) -> None:
     g.add_argument("--eval-iters", type=_positive_int, help="batches per evaluation")
     g.add_argument("--patience", type=_positive_int, help="early stopping: evaluations without improvement")
     g.add_argument("--seed", type=_non_negative_int, help="random seed (default 1337)")
-    _alias(g, "--batch_size", dest="batch_size", type=_positive_int)
-    _alias(g, "--learning_rate", "--learning-rate", dest="lr", type=_positive_float)
-    _alias(g, "--max_iters", dest="max_iters", type=_positive_int)
-    _alias(g, "--num_epochs", "--num-epochs", dest="epochs", type=_positive_float)
-    _alias(g, "--eval_interval", dest="eval_interval", type=_non_negative_int)
-    _alias(g, "--max_time", dest="max_time", type=_positive_float)
-    _alias(g, "--early_stopping_patience", "--early-stopping-patience", dest="patience", type=_positive_int)
 
-    g = p.add_argument_group("data, hardware and output")
+
+def _add_output_flags(g: Any) -> None:
     g.add_argument("--data-file", help="any UTF-8 text file (default: tiny Shakespeare, downloaded once)")
     g.add_argument("--val-fraction", type=_fraction, default=0.1, help="share of the text held out (default 0.1)")
     g.add_argument("--out-dir", default=_DEFAULT_OUT, help=f"where checkpoints go (default: {_DEFAULT_OUT})")
@@ -225,9 +212,6 @@ def _add_train_parser(sub: Any) -> None:
     g.add_argument("--sample-length", type=_non_negative_int, default=300,
                    help="characters of the sample printed at the end (0 = none)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
-    _alias(g, "--data_file", dest="data_file")
-    _alias(g, "--out_dir", dest="out_dir")
-    p.set_defaults(func=cmd_train)
 
 
 def _add_generate_parser(sub: Any) -> None:
@@ -254,13 +238,6 @@ def _add_generate_parser(sub: Any) -> None:
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context every step (slow)")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")
-    _alias(p, "--model_path", "--model-path", "--ckpt", dest="checkpoint")
-    _alias(p, "--prompts_file", dest="prompts_file")
-    _alias(p, "--max-new-tokens", "--max_new_tokens", dest="length", type=_non_negative_int)
-    _alias(p, "--top_k", dest="top_k", type=int)
-    _alias(p, "--top_p", dest="top_p", type=float)
-    _alias(p, "--beam_width", dest="beam_width", type=_positive_int)
-    _alias(p, "--num_samples", dest="num_samples", type=_positive_int)
     p.set_defaults(func=cmd_generate, _parser=p)
 
 
@@ -350,72 +327,37 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    import torch
-
-    from .checkpoint import latest_checkpoint, load_checkpoint
+    from .checkpoint import latest_checkpoint
     from .data import train_val_split
-    from .model import LanguageModel
     from .presets import get_preset
-    from .tokenizer import BPETokenizer, CharTokenizer
-    from .train import Trainer, TrainingDiverged, fit_to_budget, lm_batches
+    from .train import Trainer, TrainingDiverged, lm_batches, plan_run
 
-    preset = get_preset(args.preset)
-    overrides = _train_overrides(args)
     if args.epochs is not None and args.max_iters is not None:
         raise CLIError("give either --epochs or --max-iters, not both")
     if args.min_lr is not None and args.min_lr < 0:
         raise CLIError(f"--min-lr must be >= 0, got {args.min_lr}")
+    preset = get_preset(args.preset)
+    overrides = _train_overrides(args)
     text, source = _load_text(args.data_file)
-
     ckpt = latest_checkpoint(args.out_dir) if args.resume else None
     if ckpt is not None:
-        # the architecture and vocabulary must be the checkpoint's, whatever the flags say
-        model, info = load_checkpoint(ckpt)
-        _say(f"resuming from {ckpt} (step {info.step}); the model and vocabulary come from the checkpoint")
-        tokenizer = info.tokenizer
-        if tokenizer is None:
-            raise CLIError(f"{ckpt} has no tokenizer saved; cannot resume training on text")
-        if not isinstance(model, LanguageModel):
-            raise CLIError(f"{ckpt} holds a {type(model).__name__}, not a language model with config.block_size")
-        block_size = model.config.block_size
-        if args.model_type == "transformer" and args.block_size not in (None, block_size):
-            raise CLIError(f"--block-size {args.block_size} differs from the checkpoint's {block_size}")
-        if args.batch_size is None and info.train_config:
-            overrides["batch_size"] = info.train_config.get("batch_size", preset.train_config().batch_size)
-        if args.optimizer is None and info.train_config:  # optimizer state only loads into its own kind
-            overrides["optimizer"] = info.train_config.get("optimizer", "adamw")
+        model, tokenizer, block_size = _resumed_model(args, ckpt, preset, overrides)
     else:
         if args.resume:
             _say(f"no checkpoint in {args.out_dir}; starting a new run")
-        tokenizer = CharTokenizer.from_text(text) if args.tokenizer == "char" else BPETokenizer.train(
-            text, vocab_size=args.vocab_size)
-        model, block_size = _build_model(args, preset, tokenizer.vocab_size)
-
-    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+        model, tokenizer, block_size = _new_model(args, preset, text)
+    ids = _encode(tokenizer, text)
     train_ids, val_ids = train_val_split(ids, args.val_fraction) if args.val_fraction > 0 else (ids, ids)
     config = preset.train_config(**overrides)
-    if args.epochs is not None:
-        per_step = config.batch_size * block_size * config.grad_accum
-        config = dataclasses.replace(config, max_iters=max(1, math.ceil(args.epochs * len(train_ids) / per_step)))
-    if config.lr_decay_iters is not None and config.lr_decay_iters > config.max_iters:
-        config = dataclasses.replace(config, lr_decay_iters=config.max_iters)
-    if config.warmup_iters >= config.max_iters:
-        config = dataclasses.replace(config, warmup_iters=config.max_iters // 10)
     get_batch = lm_batches(train_ids, val_ids, block_size, config.batch_size)
-    # (not under torchrun: ranks timing themselves could plan different step counts and deadlock)
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if (config.max_time_s and args.max_iters is None and args.epochs is None and ckpt is None
-            and not config.compile and not distributed):
-        config, sps = fit_to_budget(model, get_batch, config)
-        _say(f"schedule: {sps:.1f} steps/s measured, so {config.max_iters} steps fit the {config.max_time_s:g} s "
-             "budget (pass --max-iters to choose yourself)")
-
-    n_params = sum(p.numel() for p in model.parameters())
+    plan = plan_run(config, get_batch, model, epochs=args.epochs,
+                    fit_time=args.max_iters is None and args.epochs is None and ckpt is None)
+    for note in plan.notes:
+        _say(note + (" (pass --max-iters to choose yourself)" if note.startswith("schedule:") else ""))
+    config = plan.config
     _say(f"data: {source}, {len(text):,} characters, {len(train_ids):,} train / {len(val_ids):,} val tokens, "
          f"vocab {tokenizer.vocab_size}")
-    _say(f"model: {type(model).__name__}, {n_params:,} parameters, block {block_size}")
+    _say(f"model: {type(model).__name__}, {_n_params(model):,} parameters, block {block_size}")
     budget = f", at most {config.max_time_s:g} s" if config.max_time_s else ""
     _say(f"training: {config.max_iters} steps of {config.batch_size}x{block_size} tokens, lr {config.lr:g}{budget}")
     metadata = {"preset": args.preset, "data": source, "command": "minigpt " + shlex.join(sys.argv[1:])}
@@ -429,26 +371,82 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 1
     finally:
         trainer.close()
-    if not trainer.is_main:
-        return 0
+    if trainer.is_main:
+        _report(trainer, history, time.perf_counter() - t0, args.sample_length)
+    return 130 if history.status == "interrupted" else 0
+
+
+def _encode(tokenizer: Any, text: str) -> Any:
+    import torch
+
+    return torch.tensor(tokenizer.encode(text), dtype=torch.long)
+
+
+def _n_params(model: Any) -> int:
+    from .model import count_parameters
+
+    return count_parameters(model)[1]
+
+
+def _new_model(args: argparse.Namespace, preset: Any, text: str) -> tuple[Any, Any, int]:
+    """A fresh tokenizer for the text and the model the flags describe."""
+    from .tokenizer import BPETokenizer, CharTokenizer
+
+    tokenizer: CharTokenizer | BPETokenizer
+    if args.tokenizer == "char":
+        tokenizer = CharTokenizer.from_text(text)
+    else:
+        tokenizer = BPETokenizer.train(text, vocab_size=args.vocab_size)
+    model, block_size = _build_model(args, preset, tokenizer.vocab_size)
+    return model, tokenizer, block_size
+
+
+def _resumed_model(
+    args: argparse.Namespace, ckpt: Path, preset: Any, overrides: dict[str, Any]
+) -> tuple[Any, Any, int]:
+    """The checkpoint's model and tokenizer, whatever the flags say; fills `overrides` with what must match."""
+    from .checkpoint import load_checkpoint
+    from .model import LanguageModel
+
+    model, info = load_checkpoint(ckpt)
+    _say(f"resuming from {ckpt} (step {info.step}); the model and vocabulary come from the checkpoint")
+    if info.tokenizer is None:
+        raise CLIError(f"{ckpt} has no tokenizer saved; cannot resume training on text")
+    if not isinstance(model, LanguageModel):
+        raise CLIError(f"{ckpt} holds a {type(model).__name__}, not a language model with config.block_size")
+    block_size = model.config.block_size
+    if args.model_type == "transformer" and args.block_size not in (None, block_size):
+        raise CLIError(f"--block-size {args.block_size} differs from the checkpoint's {block_size}")
+    if args.batch_size is None and info.train_config:
+        overrides["batch_size"] = info.train_config.get("batch_size", preset.train_config().batch_size)
+    if args.optimizer is None and info.train_config:  # optimizer state only loads into its own kind
+        overrides["optimizer"] = info.train_config.get("optimizer", "adamw")
+    return model, info.tokenizer, block_size
+
+
+def _report(trainer: Any, history: Any, seconds: float, sample_length: int) -> None:
+    """Why training stopped, where the checkpoints are, and a sample of the model's text."""
+    config = trainer.config
     best = history.best_val_loss
     best_text = f", best val loss {best:.4f} at step {history.best_step}" if best is not None else ""
-    _say(f"\nstopped ({history.status}) after {trainer.step} steps in {time.perf_counter() - t0:.0f} s{best_text}")
-    if config.out_dir:
-        _say(f"checkpoint: {Path(config.out_dir) / 'ckpt'}" + (f", best: {Path(config.out_dir) / 'best'}"
-                                                                if (Path(config.out_dir) / "best").exists() else ""))
-    if args.sample_length:
-        start = _default_prompt(tokenizer)
-        from .generation import generate
+    _say(f"\nstopped ({history.status}) after {trainer.step} steps in {seconds:.0f} s{best_text}")
+    out = Path(config.out_dir) if config.out_dir else None
+    if out is not None:
+        _say(f"checkpoint: {out / 'ckpt'}" + (f", best: {out / 'best'}" if (out / "best").exists() else ""))
+    if not sample_length:
+        return
+    import torch
 
-        idx = torch.tensor([tokenizer.encode(start)], dtype=torch.long, device=trainer.device)
-        out = generate(trainer.model, idx, args.sample_length, temperature=0.8, seed=config.seed)
-        _say("\n--- sample (temperature 0.8) ---")
-        _say(tokenizer.decode(out[0].tolist()).strip("\n"))
-        _say("---")
-        if config.out_dir:
-            _say(f"more: minigpt generate --checkpoint {shlex.quote(str(config.out_dir))} --prompt \"...\"")
-    return 130 if history.status == "interrupted" else 0
+    from .generation import generate
+
+    tokenizer = trainer.tokenizer
+    idx = torch.tensor([tokenizer.encode(_default_prompt(tokenizer))], dtype=torch.long, device=trainer.device)
+    ids = generate(trainer.model, idx, sample_length, temperature=0.8, seed=config.seed)
+    _say("\n--- sample (temperature 0.8) ---")
+    _say(tokenizer.decode(ids[0].tolist()).strip("\n"))
+    _say("---")
+    if out is not None:
+        _say(f"more: minigpt generate --checkpoint {shlex.quote(str(out))} --prompt \"...\"")
 
 
 # ---------------------------------------------------------------------------- generate
@@ -687,7 +685,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_dashed(sys.argv[1:] if argv is None else list(argv)))
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()

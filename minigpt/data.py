@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .atomic import atomic_write_bytes
 
 __all__ = [
     "BOS",
@@ -86,10 +87,9 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None) -> Pa
     """Download `url` to `dest`, checking its sha256 before the file appears at `dest`.
 
     Folders are created only once the bytes are in hand and verified, so a failed download creates
-    nothing.
-    The bytes go to a temp file in the same folder and are renamed into place with `os.replace`
-    (atomic on one filesystem), so `dest` is either absent, the old file, or the complete verified
-    new file: a bad download never lands in the cache or replaces a good copy.
+    nothing. The bytes go through `minigpt.atomic.atomic_write_bytes` (temp file, fsync, `os.replace`), so
+    `dest` is either absent, the old file, or the complete verified new file: a bad download never
+    lands in the cache or replaces a good copy.
     """
     dest = Path(dest)
     try:
@@ -105,15 +105,7 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None) -> Pa
                 f"retry later or place the correct file at {dest} by hand."
             )
     dest.parent.mkdir(parents=True, exist_ok=True)  # only now: a failed download leaves no empty folder
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_bytes(dest, payload)
     _verified.add(_stat_key(dest))
     return dest
 

@@ -112,7 +112,7 @@ def find_submissions(submissions_dir) -> list[tuple[str, str, Path]]:
 
 
 def _heading_positions(nb) -> dict[str, int]:
-    found = {}
+    found: dict[str, int] = {}
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "markdown":
             for m in HEADING.finditer(cell.source):
@@ -182,8 +182,10 @@ def grader_cell(ex: Exercise, token: str, fast: bool = False) -> str:
     call = next(n for n in ast.walk(ast.parse(source))
                 if isinstance(n, ast.Call) and getattr(n.func, "id", None) in names)
     lines = source.split("\n")
-    start, args_start = _offset(lines, call.lineno, call.col_offset), _offset(lines, call.func.end_lineno,
-                                                                               call.func.end_col_offset)
+    assert call.end_lineno is not None and call.func.end_lineno is not None  # set by ast.parse
+    assert call.end_col_offset is not None and call.func.end_col_offset is not None
+    start = _offset(lines, call.lineno, call.col_offset)
+    args_start = _offset(lines, call.func.end_lineno, call.func.end_col_offset)
     end = _offset(lines, call.end_lineno, call.end_col_offset)
     args = source[args_start:end].strip()[1:-1].strip()  # the text between the call's parentheses
     number, fn = ex.name.split()[0], f"_minigpt_grade_{token}"

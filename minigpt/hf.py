@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .model import GPT, GPTConfig
+from .model import GPT, GPTConfig, count_parameters
 
 __all__ = [
     "CONV1D_WEIGHTS",
@@ -407,13 +407,6 @@ def perplexity(loss: float) -> float:
     if math.isnan(loss):
         raise ValueError("loss is NaN: training diverged; lower the learning rate")
     return math.exp(loss) if loss < 700 else math.inf  # exp overflows a float past ~709
-
-
-def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameters; LoRA freezes most of them, so the two differ."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total
 
 
 def make_training_args(

@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .model import count_parameters
+
 __all__ = ["LoRALinear", "apply_lora", "count_trainable", "lora_state_dict", "merge_lora"]
 
 
@@ -135,7 +137,4 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if ".lora_A" in k or ".lora_B" in k}
 
 
-def count_trainable(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameters, tied weights counted once."""
-    params = list(model.parameters())  # parameters() yields a shared tensor once
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+count_trainable = count_parameters  # (trainable, total): the name this module has always used

@@ -19,7 +19,7 @@ from .attention import KVCache, dropout
 from .blocks import ACTIVATIONS, TransformerBlock, make_norm
 from .positional import LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding
 
-__all__ = ["GPTConfig", "PRESETS", "GPT", "HasBlockSize", "LanguageModel", "CachedLanguageModel"]
+__all__ = ["GPTConfig", "PRESETS", "GPT", "HasBlockSize", "LanguageModel", "CachedLanguageModel", "count_parameters"]
 
 class HasBlockSize(Protocol):
     """A model config: all that generation reads from it is the longest context."""
@@ -129,6 +129,15 @@ class GPTConfig:
         return replace(PRESETS[name], **overrides)
 
 
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters, a tied/shared tensor counted once (``parameters()`` yields it once).
+
+    The one parameter counter of the library: fine-tuning (LoRA freezes most weights) reads both.
+    """
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
 PRESETS: dict[str, GPTConfig] = {
     # Sized for a 2-core laptop CPU: the default of `minigpt train` and notebook 07. nanoGPT's CPU width
     # with twice its context; RoPE instead of a learned position table (nothing to learn before attention
@@ -209,7 +218,7 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters, tied weights counted once; ``non_embedding`` leaves out the position table."""
-        n = sum(p.numel() for p in self.parameters())
+        n = count_parameters(self)[1]
         wpe = self.transformer["wpe"] if "wpe" in self.transformer else None
         if non_embedding and isinstance(wpe, LearnedPositionalEmbedding):
             n -= wpe.weight.numel()

@@ -1,9 +1,10 @@
-"""Training presets: a model size (`minigpt.model.PRESETS`) plus the hyperparameters that suit it.
+"""Training presets: the hyperparameters that suit each model size of `minigpt.model.PRESETS`.
 
 A preset is what `minigpt train --preset NAME` starts from; every flag given on the command line
 overrides one field. Keeping model shape and training recipe together matters because they are
 tuned as a pair: a learning rate that suits a 0.8M-parameter model at batch 12 is too high for a
-10M one at batch 64.
+10M one at batch 64. So there is one name per pair: a training preset is keyed by the model preset
+it trains (`TRAIN_PRESETS[name].model == name`), and the sizes live only in `minigpt.model.PRESETS`.
 
 - `shakespeare-cpu` (the default): sized for a 2-core laptop CPU; passes nanoGPT's CPU recipe's
   final loss in well under a minute and reaches a readable Shakespeare pastiche in a few.
@@ -28,7 +29,7 @@ __all__ = ["TRAIN_PRESETS", "TrainPreset", "get_preset"]
 
 @dataclass(frozen=True)
 class TrainPreset:
-    model: str  # key of minigpt.model.PRESETS
+    model: str  # key of minigpt.model.PRESETS, and of TRAIN_PRESETS
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields that differ from the defaults
     description: str = ""  # one line for `minigpt train --help`
 
@@ -43,8 +44,8 @@ class TrainPreset:
 # few tokens per step, so beta2 = 0.99 (smoother second moment) and a short warmup.
 _NANOGPT = dict(lr=1e-3, min_lr=1e-4, beta2=0.99, warmup_iters=100, weight_decay=0.1, grad_clip=1.0)
 
-TRAIN_PRESETS: dict[str, TrainPreset] = {
-    "shakespeare-cpu": TrainPreset(
+_RECIPES = (
+    TrainPreset(
         model="shakespeare-cpu",
         # A CPU run is step-limited, so: small batches (8 x 128 tokens, more steps per second), Muon
         # for the hidden matrices (more progress per step than AdamW), a high learning rate with a
@@ -54,24 +55,25 @@ TRAIN_PRESETS: dict[str, TrainPreset] = {
                    max_iters=8000, warmup_iters=20, eval_interval=250, eval_iters=20, dtype="auto"),
         description="default; 4 layers, width 128, block 128, RoPE, Muon; sized for a 2-core laptop CPU",
     ),
-    "nanogpt-cpu": TrainPreset(
+    TrainPreset(
         model="nanogpt-cpu",
         train=dict(_NANOGPT, batch_size=12, max_iters=2000, lr_decay_iters=2000, eval_interval=250, eval_iters=20),
         description="nanoGPT's CPU recipe: 4 layers, 4 heads, width 128, block 64, batch 12, 2000 iters",
     ),
-    "shakespeare-char": TrainPreset(
+    TrainPreset(
         model="shakespeare-char",
         train=dict(_NANOGPT, batch_size=64, max_iters=5000, lr_decay_iters=5000, eval_interval=250,
                    eval_iters=200),
         description="nanoGPT's shakespeare-char for a GPU: 6 layers, 6 heads, width 384, block 256",
     ),
-    "char-tiny": TrainPreset(
+    TrainPreset(
         model="char-tiny",
         train=dict(lr=3e-3, min_lr=3e-4, beta2=0.99, batch_size=32, max_iters=1000, warmup_iters=50,
                    eval_interval=100, eval_iters=10),
         description="the quick-reference model: 3 layers, width 64; trains in seconds",
     ),
-}
+)
+TRAIN_PRESETS: dict[str, TrainPreset] = {p.model: p for p in _RECIPES}  # one name: the model preset's
 
 
 def get_preset(name: str) -> TrainPreset:

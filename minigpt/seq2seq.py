@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .attention import padding_mask
 from .blocks import DecoderBlock, TransformerBlock, make_norm
+from .model import count_parameters
 from .positional import SinusoidalPositionalEncoding
 
 __all__ = ["TransformerConfig", "Transformer"]
@@ -123,4 +124,4 @@ class Transformer(nn.Module):
         return out[:, 1:]
 
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        return count_parameters(self)[1]

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .atomic import atomic_write_text
 
 __all__ = ["BPETokenizer", "CharTokenizer", "UnknownCharacterError"]
 
@@ -52,21 +53,6 @@ def _ids_to_list(ids: Sequence[int] | torch.Tensor) -> list[int]:
             )
         return [int(i) for i in ids.tolist()]
     return [int(i) for i in ids]
-
-
-def _atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write to a temp file in the same folder, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _read_json(path: str | os.PathLike, what: str) -> Any:
@@ -153,7 +139,7 @@ class CharTokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         # ensure_ascii keeps the file readable in any editor; json escapes handle '\n', '\t' etc.
-        _atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=True, indent=1))
+        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=True, indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CharTokenizer:
@@ -254,7 +240,7 @@ class BPETokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Save as a standard `tokenizer.json` (loadable by `tokenizers.Tokenizer.from_file`)."""
-        _atomic_write_text(path, self.tokenizer.to_str(pretty=True))
+        atomic_write_text(path, self.tokenizer.to_str(pretty=True))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BPETokenizer:

@@ -1,74 +1,87 @@
 """One model-agnostic trainer for every model of the course (GPT, encoder-decoder, baselines).
 
-The loop, one optimizer step at a time (nanoGPT's recipe, made importable and testable):
+`Trainer.fit` is the loop, one optimizer step at a time (nanoGPT's recipe, made importable):
 
-1. set the learning rate of step `s` from a pure function of `s` (warmup, then cosine/linear/
-   constant; see `minigpt.schedule`), so resuming at step k needs no scheduler state;
-2. for each of `grad_accum` micro-batches: `batch = get_batch("train", generator)`, a tuple of
-   tensors moved to the device here and nowhere else; `logits, loss = model(*batch)` under
-   autocast (the LAST element of the batch is the targets: `(x, y)` for a language model,
-   `(src, tgt_in, targets)` for the encoder-decoder); backward of `loss / grad_accum`, so the
-   accumulated gradient is the mean over all micro-batches. Under DDP the all-reduce runs only on
-   the last micro-batch (`no_sync()` on the others);
-3. unscale (fp16 only), clip the gradient norm, check that loss and grad norm are finite (NaN/Inf
-   guard: stop BEFORE the optimizer step writes bad numbers into the weights), AdamW step;
-4. every `eval_interval` steps: mean train/val loss over `eval_iters` fixed batches (the same
-   batches at every evaluation, so the curve moves only because the model does), early stopping
-   on val loss, `out_dir/best/` when val loss improves, `out_dir/ckpt/` for resuming;
-5. stop at `max_iters`, at `max_time_s` of wall-clock time, on early stopping, when the callback
-   returns True, or on Ctrl-C (a checkpoint is saved and `fit` returns normally).
+    while step < max_iters:
+        set the learning rate of this step     (a pure function of the step: `minigpt.schedule`)
+        for each of grad_accum micro-batches:  get a batch, forward under autocast, backward of loss / grad_accum
+        clip the gradient norm; stop if loss or norm is NaN/Inf (before the step writes them into the weights)
+        optimizer step
+        log; evaluate / save / stop when due
 
-`fit()` returns a `History` (rows of step, train/val loss, lr, grad norm, tokens seen, elapsed);
-its `status` says why training stopped. Divergence raises `TrainingDiverged` (with the history
-attached) and never overwrites a good checkpoint.
+Everything else is a small named piece beside it: `History` and `ProgressLog` (what is recorded
+and shown, `minigpt.history`), `EarlyStopping`, `NanGuard`, resume and RNG state (`minigpt.rng`),
+torchrun helpers (`minigpt.distributed`), and run planning (`plan_run`: epochs to steps, warmup
+and decay clamps, a time budget turned into a step count).
 
-Data: `get_batch(split, generator) -> tuple[Tensor, ...]` with split "train" or "val". The
+Data: `get_batch(split, generator) -> tuple[Tensor, ...]` with split "train" or "val", targets
+last (`(x, y)` for a language model, `(src, tgt_in, targets)` for the encoder-decoder). The
 trainer owns the generators (seeded `seed + rank`), saves their state in checkpoints, and so
 resumes on exactly the batches a straight run would have drawn. `lm_batches` builds such a
-function from token tensors.
+function from token tensors (with `minigpt.data.get_batch`, which samples one split).
 
-Distributed: launch the same script with `torchrun --nproc_per_node=K`. The trainer reads RANK /
-WORLD_SIZE / LOCAL_RANK, joins the process group (nccl on CUDA, gloo on CPU), wraps the model in
-DistributedDataParallel, samples data per rank, and logs and writes files on rank 0 only.
-`grad_accum` is per rank: one optimizer step sees `batch * grad_accum * world_size` sequences.
+Evaluation: every `eval_interval` steps, the mean train/val loss over `eval_iters` fixed batches
+(the same batches each time, so the curve moves only because the model does); `out_dir/best/`
+when val loss improves, `out_dir/ckpt/` for resuming. Training stops at `max_iters`, at
+`max_time_s`, on early stopping, when the callback returns True, or on Ctrl-C (a checkpoint is
+saved and `fit` returns). `fit()` returns a `History`; divergence raises `TrainingDiverged` and
+never overwrites a good checkpoint.
+
+Distributed: launch the same script with `torchrun --nproc_per_node=K`; the model is wrapped in
+DistributedDataParallel, data is sampled per rank, files are written on rank 0 only, and
+`grad_accum` is per rank (one step sees `batch * grad_accum * world_size` sequences).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
+import copy
 import dataclasses
-import json
 import logging
 import math
 import os
-import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from .checkpoint import (
     BEST_DIR,
     LATEST_DIR,
-    atomic_write_bytes,
     latest_checkpoint,
     load_checkpoint,
     load_train_state,
     save_checkpoint,
     unwrap_model,
 )
+from .data import check_length
+from .data import get_batch as sample_split
+from .device import autocast, autocast_dtype, get_device, make_grad_scaler
+from .distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_mean,
+    any_rank,
+    cleanup_distributed,
+    setup_distributed,
+)
+from .history import COLUMNS, History, ProgressLog
 from .optim import Muon, MuonAdamW, split_muon_params
+from .rng import rng_state, seed_everything, set_rng_state
 from .schedule import SCHEDULES, lr_at
 
 __all__ = [
+    "COLUMNS",
     "DistInfo",
+    "EarlyStopping",
     "History",
+    "LMBatches",
+    "NanGuard",
+    "RunPlan",
     "TrainConfig",
     "TrainEvent",
     "Trainer",
@@ -78,18 +91,24 @@ __all__ = [
     "fit_to_budget",
     "lm_batches",
     "measure_steps_per_second",
+    "plan_run",
     "setup_distributed",
     "train",
 ]
 
 log = logging.getLogger(__name__)
 
-GetBatch = Callable[[str, torch.Generator], Sequence[torch.Tensor]]
+# old private names, kept for code that imported them
+_rng_state, _set_rng_state = rng_state, set_rng_state
+
+# The trainer's data source: `get_batch(split, generator) -> (inputs..., targets)`, a function of the
+# split. `minigpt.data.get_batch(data, block_size, batch_size)` samples one tensor; `LMBatches` wraps
+# it into a source (the parameter keeps the name `get_batch`, which DESIGN.md freezes).
+BatchFn = Callable[[str, torch.Generator], Sequence[torch.Tensor]]
+GetBatch = BatchFn  # the older name
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 OPTIMIZERS = ("adamw", "muon")
 STATUSES = ("running", "completed", "time_limit", "early_stopped", "stopped", "interrupted", "diverged")
-COLUMNS = ("step", "event", "train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_seen",
-           "elapsed", "tokens_per_s")
 _EVAL_SEED_OFFSET = 10_007  # eval batches come from their own fixed stream, never the training one
 
 
@@ -185,113 +204,6 @@ class TrainingDiverged(FloatingPointError):
         self.history = history
 
 
-# ---------------------------------------------------------------------------- history
-
-
-class History:
-    """Training rows as data. One row per `log_interval` steps (event "step"), per evaluation
-    (event "eval": train_loss/val_loss are means over `eval_iters` batches), and a final row whose
-    event is the stop status. Columns: `COLUMNS`.
-    """
-
-    def __init__(self, rows: list[dict[str, Any]] | None = None, status: str = "running"):
-        self.rows: list[dict[str, Any]] = [dict(r) for r in rows or []]
-        self.status = status
-
-    def append(self, **row: Any) -> dict[str, Any]:
-        full = {c: row.get(c) for c in COLUMNS}
-        self.rows.append(full)
-        return full
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return iter(self.rows)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.rows[i]
-
-    def __repr__(self) -> str:
-        best = self.best_val_loss
-        tail = f", best val loss {best:.4f} at step {self.best_step}" if best is not None else ""
-        return f"History({len(self.rows)} rows, status={self.status!r}{tail})"
-
-    @property
-    def evals(self) -> list[dict[str, Any]]:
-        return [r for r in self.rows if r["event"] == "eval"]
-
-    @property
-    def steps(self) -> list[dict[str, Any]]:
-        return [r for r in self.rows if r["event"] == "step"]
-
-    def column(self, name: str, event: str | None = None) -> list[Any]:
-        return [r[name] for r in self.rows if event is None or r["event"] == event]
-
-    @property
-    def best_val_loss(self) -> float | None:
-        vals = [r["val_loss"] for r in self.evals if r["val_loss"] is not None]
-        return min(vals) if vals else None
-
-    @property
-    def best_step(self) -> int | None:
-        evals = [r for r in self.evals if r["val_loss"] is not None]
-        return min(evals, key=lambda r: r["val_loss"])["step"] if evals else None
-
-    @property
-    def last_val_loss(self) -> float | None:
-        evals = self.evals
-        return evals[-1]["val_loss"] if evals else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "rows": [dict(r) for r in self.rows]}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> History:
-        return cls(d.get("rows", []), d.get("status", "running"))
-
-    def to_json(self, path: str | os.PathLike | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=1)
-        if path is not None:
-            atomic_write_bytes(path, text.encode())
-        return text
-
-    def to_csv(self, path: str | os.PathLike | None = None) -> str:
-        import io
-
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(COLUMNS), lineterminator="\n")
-        writer.writeheader()
-        for r in self.rows:
-            writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in COLUMNS})
-        if path is not None:
-            atomic_write_bytes(path, buf.getvalue().encode())
-        return buf.getvalue()
-
-    def plot(self, ax: Any = None, *, log_y: bool = False) -> Any:
-        """Loss curves on a matplotlib Axes (created if None); returns the Axes."""
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            _, ax = plt.subplots(figsize=(7, 4))
-        steps = self.steps
-        if steps:
-            ax.plot([r["step"] for r in steps], [r["train_loss"] for r in steps],
-                    alpha=0.35, lw=1, label="train (per step)")
-        evals = [r for r in self.evals if r["val_loss"] is not None]
-        if evals:
-            x = [r["step"] for r in evals]
-            ax.plot(x, [r["train_loss"] for r in evals], "o-", ms=3, label="train (eval)")
-            ax.plot(x, [r["val_loss"] for r in evals], "o-", ms=3, label="val")
-        ax.set_xlabel("step")
-        ax.set_ylabel("cross-entropy loss")
-        if log_y:
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        return ax
-
-
 @dataclass
 class TrainEvent:
     """What the callback receives. `kind`: "step" (every optimizer step), "eval", or "end"."""
@@ -312,43 +224,55 @@ class TrainEvent:
         return self.trainer.dist.rank == 0
 
 
-# ---------------------------------------------------------------------------- distributed
+@dataclass
+class EarlyStopping:
+    """Stop after `patience` evaluations in a row that do not beat the best val loss by > `min_delta`."""
+
+    patience: int | None = None  # None = never stop early (the best loss is still tracked)
+    min_delta: float = 0.0
+    best: float | None = None  # best val loss so far
+    bad_evals: int = 0  # evaluations since the last improvement
+
+    def update(self, val_loss: float) -> bool:
+        """Record one evaluation; True if it improved on the best."""
+        improved = self.best is None or val_loss < self.best - self.min_delta
+        if improved:
+            self.best, self.bad_evals = val_loss, 0
+        else:
+            self.bad_evals += 1
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.bad_evals >= self.patience
 
 
 @dataclass
-class DistInfo:
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-    owns_group: bool = False  # this process called init_process_group (and so tears it down)
+class NanGuard:
+    """Says when a step must not be taken: loss or gradient norm NaN/Inf.
 
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def setup_distributed(device: str = "auto") -> DistInfo:
-    """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK).
-
-    Without WORLD_SIZE > 1 this does nothing. Backend: nccl when training on CUDA, else gloo.
+    With fp16's GradScaler an inf gradient now and then is expected (the scaler skips that step and
+    lowers the scale), so there only more than `max_skipped` skips in a row count as divergence.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    if dist.is_initialized():
-        return DistInfo(dist.get_rank(), local, dist.get_world_size(), owns_group=False)
-    use_cuda = torch.cuda.is_available() and (device == "auto" or device.startswith("cuda"))
-    if use_cuda:
-        torch.cuda.set_device(local)
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return DistInfo(rank, local, world, owns_group=True)
+
+    scaled: bool  # fp16 with a GradScaler
+    max_skipped: int = 20
+    skipped: int = 0
+
+    def diverged(self, loss: float, grad_norm: float) -> bool:
+        bad_grad = not math.isfinite(grad_norm)
+        if self.scaled:
+            self.skipped = self.skipped + 1 if bad_grad else 0
+            bad_grad = self.skipped > self.max_skipped
+        return bad_grad or not math.isfinite(loss)
 
 
-def cleanup_distributed(info: DistInfo) -> None:
-    if info.owns_group and dist.is_initialized():
-        dist.destroy_process_group()
+def _hint(dtype: torch.dtype | None, grad_clip: float, lr: float) -> str:
+    hints = [f"the learning rate may be too high: lower lr (e.g. {lr / 3:.1e})"]
+    hints.append("enable gradient clipping (grad_clip=1.0)" if not grad_clip else "")
+    if dtype is torch.float16:
+        hints.append("float16 can overflow: use dtype='bfloat16' (or 'float32')")
+    return "; ".join(h for h in hints if h) + "."
 
 
 # ---------------------------------------------------------------------------- pieces
@@ -381,32 +305,37 @@ def configure_optimizer(model: nn.Module, config: TrainConfig, device: torch.dev
     return MuonAdamW(adamw, muon)
 
 
-def lm_batches(
-    train_data: torch.Tensor, val_data: torch.Tensor, block_size: int, batch_size: int
-) -> GetBatch:
+class LMBatches:
+    """`get_batch(split, generator)` for a language model over two 1-D token tensors.
+
+    Each call samples one split with `minigpt.data.get_batch`. `train_tokens` and `block_size` let
+    `plan_run` turn epochs into steps.
+    """
+
+    def __init__(self, train_data: torch.Tensor, val_data: torch.Tensor, block_size: int, batch_size: int):
+        check_length(len(train_data), block_size)
+        check_length(len(val_data), block_size)
+        self.splits = {"train": train_data, "val": val_data}
+        self.block_size, self.batch_size = block_size, batch_size
+        self.train_tokens = len(train_data)
+
+    def __call__(self, split: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return sample_split(self.splits[split], self.block_size, self.batch_size, generator=generator)
+
+
+def lm_batches(train_data: torch.Tensor, val_data: torch.Tensor, block_size: int, batch_size: int) -> LMBatches:
     """`get_batch(split, generator)` for a language model over two 1-D token tensors."""
-    from .data import check_length
-    from .data import get_batch as sample
+    return LMBatches(train_data, val_data, block_size, batch_size)
 
-    check_length(len(train_data), block_size)
-    check_length(len(val_data), block_size)
-    splits = {"train": train_data, "val": val_data}
 
-    def get_batch(split: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return sample(splits[split], block_size, batch_size, generator=generator)
-
-    return get_batch
+# ---------------------------------------------------------------------------- run planning
 
 
 def measure_steps_per_second(
-    model: nn.Module, get_batch: GetBatch, config: TrainConfig, steps: int = 8, min_seconds: float = 1.0
+    model: nn.Module, get_batch: BatchFn, config: TrainConfig, steps: int = 8, min_seconds: float = 1.0
 ) -> float:
     """Optimizer steps per second of this model, batch and optimizer here, timed on a throwaway copy
     over at least `steps` steps and `min_seconds` seconds (a handful of steps is too noisy to plan by)."""
-    import copy
-
-    from .device import autocast, autocast_dtype, get_device
-
     device = get_device(config.device)
     m = copy.deepcopy(unwrap_model(model)).to(device).train()
     opt = configure_optimizer(m, config, device)
@@ -436,7 +365,7 @@ def measure_steps_per_second(
     return done / (time.perf_counter() - t0)
 
 
-def fit_to_budget(model: nn.Module, get_batch: GetBatch, config: TrainConfig) -> tuple[TrainConfig, float]:
+def fit_to_budget(model: nn.Module, get_batch: BatchFn, config: TrainConfig) -> tuple[TrainConfig, float]:
     """A copy of `config` whose max_iters makes warmup + decay end when `config.max_time_s` does.
 
     A schedule cut off by the clock halfway never reaches its low learning rate, and the last,
@@ -457,50 +386,66 @@ def fit_to_budget(model: nn.Module, get_batch: GetBatch, config: TrainConfig) ->
     return fitted, sps
 
 
-def _rng_state() -> dict[str, Any]:
-    """Python/NumPy/torch RNG states as tensors and lists, so torch.load(weights_only=True) reads them."""
-    version, internal, gauss = random.getstate()
-    state: dict[str, Any] = {"python": [version, list(internal), gauss], "torch": torch.get_rng_state()}
-    try:
-        import numpy as np
+@dataclass
+class RunPlan:
+    """What `plan_run` decided: the config to train with, and why."""
 
-        np_state = np.random.get_state(legacy=True)
-        assert isinstance(np_state, tuple)  # legacy=True: the (name, keys, pos, has_gauss, cached) tuple
-        name, keys, pos, has_gauss, cached = np_state
-        state["numpy"] = [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
-    except ImportError:
-        pass
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    config: TrainConfig
+    steps_per_s: float | None = None  # measured speed, when the steps were fitted to max_time_s
+    notes: list[str] = field(default_factory=list)  # one line per change made to the config
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(state["torch"])
-    if "numpy" in state:
-        import numpy as np
+def plan_run(
+    config: TrainConfig,
+    get_batch: BatchFn | None = None,
+    model: nn.Module | None = None,
+    *,
+    epochs: float | None = None,
+    fit_time: bool = False,
+    train_tokens: int | None = None,
+    block_size: int | None = None,
+) -> RunPlan:
+    """Turn what was asked for (epochs, a time budget) into the step counts the trainer runs.
 
-        name, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _hint(dtype: torch.dtype | None, grad_clip: float, lr: float) -> str:
-    hints = [f"the learning rate may be too high: lower lr (e.g. {lr / 3:.1e})"]
-    hints.append("enable gradient clipping (grad_clip=1.0)" if not grad_clip else "")
-    if dtype is torch.float16:
-        hints.append("float16 can overflow: use dtype='bfloat16' (or 'float32')")
-    return "; ".join(h for h in hints if h) + "."
+    1. `epochs`: max_iters = ceil(epochs * train tokens / tokens per step), at least 1 (tokens per
+       step = batch_size * block_size * grad_accum; sizes from an `LMBatches`, else passed/config).
+    2. Clamps: the decay ends by max_iters; a warmup as long as the run shrinks to max_iters // 10.
+    3. `fit_time` with `config.max_time_s`: max_iters from the measured speed (`fit_to_budget`), so
+       the decay ends when the budget does. Not under torchrun (ranks timing themselves could plan
+       different step counts and deadlock) nor with `compile` (the first steps compile).
+    """
+    notes: list[str] = []
+    if epochs is not None:
+        train_tokens = train_tokens if train_tokens is not None else getattr(get_batch, "train_tokens", None)
+        block_size = block_size if block_size is not None else getattr(get_batch, "block_size", None)
+        if train_tokens is None or block_size is None:
+            raise ValueError("epochs need the data size: pass train_tokens= and block_size= (or use lm_batches)")
+        batch_size = getattr(get_batch, "batch_size", config.batch_size)  # what get_batch really draws
+        per_step = batch_size * block_size * config.grad_accum
+        steps = max(1, math.ceil(epochs * train_tokens / per_step))
+        config = dataclasses.replace(config, max_iters=steps)
+        notes.append(f"{epochs:g} epochs of {train_tokens:,} tokens = {steps} steps of {per_step:,} tokens")
+    if config.lr_decay_iters is not None and config.lr_decay_iters > config.max_iters:
+        config = dataclasses.replace(config, lr_decay_iters=config.max_iters)
+    if config.warmup_iters >= config.max_iters:
+        config = dataclasses.replace(config, warmup_iters=config.max_iters // 10)
+        notes.append(f"warmup shortened to {config.warmup_iters} steps (the run has {config.max_iters})")
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not (fit_time and config.max_time_s and not config.compile and not distributed):
+        return RunPlan(config, None, notes)
+    if model is None or get_batch is None:
+        raise ValueError("fitting the steps to max_time_s measures the speed: pass get_batch and model")
+    config, sps = fit_to_budget(model, get_batch, config)
+    notes.append(f"schedule: {sps:.1f} steps/s measured, so {config.max_iters} steps fit the "
+                 f"{config.max_time_s:g} s budget")
+    return RunPlan(config, sps, notes)
 
 
 # ---------------------------------------------------------------------------- trainer
 
 
 class Trainer:
-    """Train `model` on batches from `get_batch`; see the module docstring for the loop.
+    """Train `model` on batches from `get_batch`; `fit()` is the loop (see the module docstring).
 
     model: any nn.Module with `forward(*inputs, targets) -> (logits, loss)`.
     get_batch: `get_batch(split, generator) -> tuple of tensors`, targets last.
@@ -512,7 +457,7 @@ class Trainer:
     def __init__(
         self,
         model: nn.Module,
-        get_batch: GetBatch,
+        get_batch: BatchFn,
         config: TrainConfig | None = None,
         *,
         tokenizer: Any = None,
@@ -524,111 +469,196 @@ class Trainer:
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if not callable(get_batch):
             raise TypeError("get_batch must be a callable get_batch(split, generator) -> tuple of tensors")
-        from .device import autocast_dtype, get_device, make_grad_scaler
-
-        self.config = config or TrainConfig()
-        self.get_batch = get_batch
-        self.tokenizer = tokenizer
-        self.callback = callback
-        self.resume = resume
-        self.metadata = dict(metadata or {})
-        cfg = self.config
-
+        self.config = cfg = config or TrainConfig()
+        self.get_batch, self.tokenizer, self.callback = get_batch, tokenizer, callback
+        self.resume, self.metadata = resume, dict(metadata or {})
+        self.out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else None
         self.dist = setup_distributed(cfg.device)
+        self._place_model(model)  # sets device, dtype, model, train_model
+        self.optimizer = configure_optimizer(self.model, cfg, self.device)
+        self.scaler = make_grad_scaler(self.device, self.dtype)
+        self.generator = torch.Generator().manual_seed(cfg.seed + self.dist.rank)
+        self.history = History()
+        self.progress = ProgressLog(cfg.progress and self.is_main)
+        self.early_stopping = EarlyStopping(cfg.early_stopping_patience, cfg.min_delta)
+        self.guard = NanGuard(scaled=self.scaler.is_enabled())
+        self.step = 0
+        self.tokens_seen = 0
+        self._elapsed_before = 0.0  # seconds spent in earlier (resumed) runs
+        self._t0 = time.perf_counter()
+        self._last_saved_step = -1
+        self._last_eval_step = -1
+        self._stop_request = False
+
+    def _place_model(self, model: nn.Module) -> None:
+        """Device, autocast dtype, the plain module (checkpoints, eval) and what the training forward uses."""
+        cfg = self.config
         if self.dist.enabled and torch.cuda.is_available() and cfg.device in ("auto", "cuda"):
             self.device = torch.device(f"cuda:{self.dist.local_rank}")
         else:
             self.device = get_device(cfg.device)
         self.dtype = autocast_dtype(self.device, None if cfg.dtype == "auto" else cfg.dtype)  # None = fp32
-        self.model = unwrap_model(model).to(self.device)  # the plain module: checkpoints, eval
+        self.model = unwrap_model(model).to(self.device)
         if cfg.compile:
             self.model.compile()  # in place: state_dict keys keep their names
-        self.train_model: nn.Module = self.model  # what the training forward goes through
+        self.train_model: nn.Module = self.model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DDP(self.model, device_ids=ids)
-        self.optimizer = configure_optimizer(self.model, cfg, self.device)
-        self.scaler = make_grad_scaler(self.device, self.dtype)
-        self.generator = torch.Generator().manual_seed(cfg.seed + self.dist.rank)
-        self.history = History()
-        self.step = 0
-        self.tokens_seen = 0
-        self.best_val_loss: float | None = None
-        self.evals_without_improvement = 0
-        self._elapsed_before = 0.0  # seconds spent in earlier (resumed) runs
+
+    # -- the loop
+
+    def fit(self) -> History:
+        """Train until a stop condition; returns the History (`.status` says why it stopped)."""
+        cfg = self.config
+        resumed = self._resume_or_seed()
+        self._start()
+        status = "completed"
+        try:
+            if cfg.eval_interval and self.step == 0 and not resumed:
+                self._evaluate_and_save()  # the loss before training: about ln(vocab size)
+            while self.step < cfg.max_iters:
+                lr = self._set_lr()  # a pure function of the step (warmup, then decay)
+                loss_sum, tokens = torch.zeros((), device=self.device), 0
+                for micro in range(cfg.grad_accum):  # gradients of the micro-batches add up
+                    batch = self._fetch("train", self.generator)  # (inputs..., targets) on the device
+                    with self._grad_sync(last=micro == cfg.grad_accum - 1):
+                        loss = self._forward_loss(self.train_model, batch)  # forward under autocast
+                        self.scaler.scale(loss / cfg.grad_accum).backward()  # so the sum is the mean
+                    loss_sum += loss.detach().float()
+                    tokens += batch[-1].numel() * self.dist.world_size
+                grad_norm = self._clip_gradients()
+                loss_v, norm_v = self._check_finite(loss_sum / cfg.grad_accum, grad_norm, lr)  # NaN guard
+                self.scaler.step(self.optimizer)  # optimizer.step(), unless fp16 overflowed
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                self.tokens_seen += tokens
+                self._log_step(loss_v, lr, norm_v)
+                stop = self._evaluate_save_or_stop()
+                if stop:
+                    status = stop
+                    break
+            self._finish()
+        except KeyboardInterrupt:
+            status = "interrupted"
+            self._save_on_interrupt()
+        finally:
+            self.progress.close()
+        return self._close_history(status)
+
+    def _set_lr(self) -> float:
+        lr = self.config.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _grad_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """DDP all-reduces gradients in backward; before the last micro-batch that is wasted work."""
+        ddp = self.train_model
+        if last or not isinstance(ddp, nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return ddp.no_sync()
+
+    def _clip_gradients(self) -> torch.Tensor:
+        """Clip the global gradient norm (if grad_clip > 0) and return the norm before clipping."""
+        self.scaler.unscale_(self.optimizer)  # no-op unless fp16: clip the true gradients
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.config.grad_clip > 0:
+            return torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        return torch.nn.utils.get_total_norm([g for p in params if (g := p.grad) is not None])
+
+    def _check_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> tuple[float, float]:
+        """NaN/Inf guard, agreed by every rank; returns loss and norm as numbers."""
+        loss_v, norm_v = loss.item(), float(grad_norm)  # one sync per step, needed by the guard
+        if any_rank(self.dist, self.device, self.guard.diverged(loss_v, norm_v))[0]:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise self._diverged(loss_v, norm_v, lr)
+        return loss_v, norm_v
+
+    def _log_step(self, loss: float, lr: float, grad_norm: float) -> None:
+        """Progress bar; a history row every `log_interval` steps; the callback's "step" event."""
+        cfg = self.config
+        self.progress.advance()
+        if self.step % cfg.log_interval == 0 or self.step == cfg.max_iters:
+            tps = self.progress.throughput(self.tokens_seen)
+            loss_all = all_mean(self.dist, torch.tensor(loss, device=self.device)).item()
+            self.history.append(step=self.step, event="step", train_loss=loss_all, lr=lr, grad_norm=grad_norm,
+                                tokens_seen=self.tokens_seen, elapsed=self.elapsed, tokens_per_s=tps)
+            self.progress.show(loss_all, lr, tps)
+        if self._emit("step", {"loss": loss, "lr": lr, "grad_norm": grad_norm}):
+            self._stop_request = True
+
+    def _evaluate_save_or_stop(self) -> str | None:
+        """Evaluate and save when due; the reason to stop now (the same on every rank), or None."""
+        cfg = self.config
+        stop_early = False
+        if cfg.eval_interval and self.step % cfg.eval_interval == 0:
+            stop_early = self._evaluate_and_save()
+        if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0:
+            self.save(LATEST_DIR)
+        out_of_time = cfg.max_time_s is not None and self.elapsed >= cfg.max_time_s
+        stopped, out_of_time = any_rank(self.dist, self.device, self._stop_request, out_of_time)
+        if stop_early:
+            return "early_stopped"
+        return "time_limit" if out_of_time else "stopped" if stopped else None
+
+    # -- start and end of a run
+
+    def _resume_or_seed(self) -> bool:
+        """Continue from out_dir's latest checkpoint if asked and there is one (True); else seed."""
+        if self.resume and self.out_dir is not None:
+            ckpt = latest_checkpoint(self.out_dir)
+            if ckpt is not None:
+                self._load(ckpt)
+                self.progress.say(f"resumed from {ckpt} at step {self.step}")
+                return True
+            self.progress.say(f"no checkpoint in {self.out_dir}; starting from scratch")
+        seed_everything(self.config.seed + self.dist.rank)
+        return False
+
+    def _start(self) -> None:
+        self.model.train()
         self._t0 = time.perf_counter()
-        self._skipped_steps = 0
-        self._last_saved_step = -1
         self._stop_request = False
-        self._pbar: Any = None
-        self.out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else None
+        self._last_eval_step = max((r["step"] for r in self.history.evals), default=-1)
+        self.progress.open(self.config.max_iters, self.step, self.tokens_seen)
 
-    # -- small helpers
+    def _finish(self) -> None:
+        if self.config.eval_interval and self._last_eval_step != self.step:
+            self._evaluate_and_save()  # a final measurement for every run that evaluates
+        if self._last_saved_step != self.step:
+            self.save(LATEST_DIR)
 
-    @property
-    def is_main(self) -> bool:
-        return self.dist.rank == 0
+    def _save_on_interrupt(self) -> None:
+        self.progress.say(f"interrupted at step {self.step}; saving a checkpoint")
+        try:
+            self.save(LATEST_DIR)
+        except TrainingDiverged as e:  # never save NaN weights, even when asked to stop
+            log.warning("%s", e)
 
-    @property
-    def elapsed(self) -> float:
-        return self._elapsed_before + time.perf_counter() - self._t0
+    def _close_history(self, status: str) -> History:
+        self.history.append(step=self.step, event=status, tokens_seen=self.tokens_seen, elapsed=self.elapsed,
+                            val_loss=self.history.last_val_loss)
+        self.history.status = status
+        self._write_history()
+        self._emit("end", {"status": status})
+        return self.history
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        from .device import autocast
-
-        return autocast(self.device, self.dtype)
-
-    def _fetch(self, split: str, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        batch = self.get_batch(split, generator)
-        if isinstance(batch, torch.Tensor) or not isinstance(batch, list | tuple) or len(batch) < 2:
-            raise TypeError(
-                f"get_batch({split!r}, generator) must return a tuple of tensors with the targets last, "
-                f"e.g. (x, y); got {type(batch).__name__}"
-            )
-        return tuple(t.to(self.device, non_blocking=True) for t in batch)
-
-    def _forward_loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        with self._autocast():
-            out = model(*batch)
-        loss = out[1] if isinstance(out, tuple | list) and len(out) >= 2 else None
-        if loss is None:
-            raise TypeError(
-                f"{type(self.model).__name__}(*batch) must return (logits, loss) with a loss; the trainer "
-                "passes the targets as the last element of the batch"
-            )
-        return loss
-
-    def _all_mean(self, value: torch.Tensor) -> torch.Tensor:
-        if self.dist.enabled:
-            value = value.clone()
-            dist.all_reduce(value, op=dist.ReduceOp.SUM)
-            value /= self.dist.world_size
-        return value
-
-    def _any(self, *flags: bool) -> tuple[bool, ...]:
-        """Each flag OR-ed over all ranks, in one all-reduce (every rank then stops together)."""
-        if not self.dist.enabled:
-            return flags
-        t = torch.tensor([float(f) for f in flags], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return tuple(bool(v) for v in t.tolist())
-
-    def _weights_finite(self) -> bool:
-        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
-
-    def _emit(self, kind: str, metrics: dict[str, Any]) -> bool:
-        if self.callback is None:
-            return False
-        return bool(self.callback(TrainEvent(kind, self.step, metrics, self.history, self)))
-
-    def _say(self, text: str) -> None:
-        log.info(text)
-        if self.config.progress and self.is_main:
-            from tqdm.auto import tqdm
-
-            tqdm.write(text)
+    def _diverged(self, loss: float, grad_norm: float, lr: float) -> TrainingDiverged:
+        """Record the divergence (history row, files, "end" event) and build the error to raise."""
+        self.history.append(step=self.step, event="diverged", train_loss=loss, lr=lr, grad_norm=grad_norm,
+                            tokens_seen=self.tokens_seen, elapsed=self.elapsed)
+        self.history.status = "diverged"
+        self._write_history()
+        self._emit("end", {"status": "diverged"})
+        kept = latest_checkpoint(self.out_dir) if self.out_dir is not None else None
+        where = f"The last good checkpoint is kept at {kept}." if kept else "No checkpoint was written."
+        msg = (f"training diverged at step {self.step + 1}: loss={loss}, grad norm={grad_norm}, lr={lr:.3g}. "
+               f"The weights were not updated. Hints: {_hint(self.dtype, self.config.grad_clip, lr)} {where}")
+        return TrainingDiverged(msg, step=self.step, history=self.history)
 
     # -- evaluation
 
@@ -645,34 +675,34 @@ class Trainer:
                 losses = torch.zeros(cfg.eval_iters, device=self.device)
                 for i in range(cfg.eval_iters):
                     losses[i] = self._forward_loss(self.model, self._fetch(split, g)).float()
-                out[split] = self._all_mean(losses.mean()).item()
+                out[split] = all_mean(self.dist, losses.mean()).item()
         finally:
             self.model.train(was_training)
         return out
 
-    # -- checkpoints
+    def _evaluate_and_save(self) -> bool:
+        """Evaluate, record, save best/ (and ckpt/ when checkpoint_interval is 0); True = stop early."""
+        cfg = self.config
+        losses = self.evaluate()
+        val = losses["val"]
+        improved = self.early_stopping.update(val)
+        self._last_eval_step = self.step
+        row = self.history.append(
+            step=self.step, event="eval", train_loss=losses["train"], val_loss=val,
+            val_ppl=math.exp(min(val, 700.0)), lr=cfg.lr_at(self.step - 1) if self.step else None,
+            tokens_seen=self.tokens_seen, elapsed=self.elapsed,
+        )
+        self.progress.say(f"step {self.step}: train loss {losses['train']:.4f}, val loss {val:.4f} "
+                          f"(ppl {row['val_ppl']:.2f}){' *' if improved else ''}")
+        if improved and self.step > 0:
+            self.save(BEST_DIR)
+        if cfg.checkpoint_interval == 0 and self.step > 0:
+            self.save(LATEST_DIR)
+        if self._emit("eval", row):
+            self._stop_request = True
+        return self.early_stopping.should_stop
 
-    def _train_state(self) -> dict[str, Any]:
-        data_rng: list[torch.Tensor] = [self.generator.get_state()]
-        rng = [_rng_state()]
-        if self.dist.enabled:  # every rank's streams, so a resumed DDP run draws the same data
-            gathered: list[Any] = [None] * self.dist.world_size
-            dist.all_gather_object(gathered, (self.generator.get_state(), _rng_state()))
-            data_rng = [g[0] for g in gathered]
-            rng = [g[1] for g in gathered]
-        return {
-            "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "rng": rng,
-            "data_rng": data_rng,
-            "history": self.history.to_dict(),
-            "best_val_loss": self.best_val_loss,
-            "evals_without_improvement": self.evals_without_improvement,
-            "tokens_seen": self.tokens_seen,
-            "elapsed": self.elapsed,
-            "world_size": self.dist.world_size,
-        }
+    # -- checkpoints: ckpt/ (latest, with training state) and best/ (weights of the best val loss)
 
     def save(self, which: str = LATEST_DIR) -> Path | None:
         """Write `out_dir/ckpt` (with training state) or `out_dir/best` (weights only).
@@ -683,7 +713,7 @@ class Trainer:
         if self.out_dir is None:
             return None
         state = self._train_state() if which == LATEST_DIR else None
-        finite = self._weights_finite()  # on every rank, so all of them raise together
+        finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())  # every rank raises together
         if which == LATEST_DIR:
             self._last_saved_step = self.step
         if not finite:
@@ -708,6 +738,23 @@ class Trainer:
         self.history.to_csv(self.out_dir / "history.csv")
         self.history.to_json(self.out_dir / "history.json")
 
+    def _train_state(self) -> dict[str, Any]:
+        # every rank's random streams, so a resumed DDP run draws the same data
+        streams = all_gather_objects(self.dist, (self.generator.get_state(), rng_state()))
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "rng": [s[1] for s in streams],
+            "data_rng": [s[0] for s in streams],
+            "history": self.history.to_dict(),
+            "best_val_loss": self.early_stopping.best,
+            "evals_without_improvement": self.early_stopping.bad_evals,
+            "tokens_seen": self.tokens_seen,
+            "elapsed": self.elapsed,
+            "world_size": self.dist.world_size,
+        }
+
     def _load(self, path: Path) -> None:
         _, info = load_checkpoint(path, device=self.device, model=self.model)
         state = load_train_state(path)
@@ -720,193 +767,69 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
+        self.step = self._last_saved_step = int(state["step"])
         self.history = History.from_dict(state["history"])
         self.history.status = "running"
-        self.best_val_loss = state["best_val_loss"]
-        self.evals_without_improvement = int(state["evals_without_improvement"])
+        self.early_stopping.best = state["best_val_loss"]
+        self.early_stopping.bad_evals = int(state["evals_without_improvement"])
         self.tokens_seen = int(state["tokens_seen"])
         self._elapsed_before = float(state["elapsed"])
-        self._last_saved_step = self.step
+        self._restore_random_streams(state)
+
+    def _restore_random_streams(self, state: dict[str, Any]) -> None:
         rank = self.dist.rank
         if state.get("world_size", 1) == self.dist.world_size:
             self.generator.set_state(state["data_rng"][rank])
-            _set_rng_state(state["rng"][rank])
+            set_rng_state(state["rng"][rank])
         else:  # different number of processes: continue deterministically, but on new streams
             log.warning("checkpoint was written with world size %s, now %s: data order will differ",
                         state.get("world_size"), self.dist.world_size)
             self.generator.manual_seed(self.config.seed + rank + 7919 * self.step)
             torch.manual_seed(self.config.seed + rank + 7919 * self.step)
 
-    # -- training
+    # -- small helpers
 
-    def _train_step(self) -> dict[str, Any]:
-        cfg = self.config
-        lr = cfg.lr_at(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = torch.zeros((), device=self.device)
-        tokens = 0
-        for micro in range(cfg.grad_accum):
-            batch = self._fetch("train", self.generator)
-            last = micro == cfg.grad_accum - 1
-            # DDP all-reduces gradients in backward; on all but the last micro-batch that is wasted work
-            ddp = self.train_model if isinstance(self.train_model, nn.parallel.DistributedDataParallel) else None
-            sync = contextlib.nullcontext() if last or ddp is None else ddp.no_sync()
-            with sync:
-                loss = self._forward_loss(self.train_model, batch)
-                self.scaler.scale(loss / cfg.grad_accum).backward()
-            loss_sum += loss.detach().float()
-            tokens += batch[-1].numel()
-        self.scaler.unscale_(self.optimizer)  # no-op unless fp16: clip the true gradients
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if cfg.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        else:
-            grad_norm = torch.nn.utils.get_total_norm([g for p in params if (g := p.grad) is not None])
-        loss = loss_sum / cfg.grad_accum
-        loss_v, norm_v = loss.item(), float(grad_norm)  # one sync per step, needed by the guard
-        bad_loss = not math.isfinite(loss_v)
-        bad_grad = not math.isfinite(norm_v)
-        if self.scaler.is_enabled():
-            # fp16: inf gradients are expected now and then; the scaler skips that step and lowers
-            # the scale. Only a long run of skips means real overflow.
-            self._skipped_steps = self._skipped_steps + 1 if bad_grad else 0
-            bad_grad = self._skipped_steps > 20
-        if self._any(bad_loss or bad_grad)[0]:
-            self.optimizer.zero_grad(set_to_none=True)
-            return {"diverged": True, "loss": loss_v, "grad_norm": norm_v, "lr": lr}
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.tokens_seen += tokens * self.dist.world_size
-        return {"diverged": False, "loss": loss_v, "grad_norm": norm_v, "lr": lr,
-                "tokens": tokens * self.dist.world_size}
+    @property
+    def is_main(self) -> bool:
+        return self.dist.rank == 0
 
-    def _diverged(self, m: dict[str, Any]) -> TrainingDiverged:
-        cfg = self.config
-        self.history.append(step=self.step, event="diverged", train_loss=m["loss"], lr=m["lr"],
-                            grad_norm=m["grad_norm"], tokens_seen=self.tokens_seen, elapsed=self.elapsed)
-        self.history.status = "diverged"
-        kept = latest_checkpoint(self.out_dir) if self.out_dir is not None else None
-        where = f"The last good checkpoint is kept at {kept}." if kept else "No checkpoint was written."
-        msg = (
-            f"training diverged at step {self.step + 1}: loss={m['loss']}, grad norm={m['grad_norm']}, "
-            f"lr={m['lr']:.3g}. The weights were not updated. Hints: "
-            + _hint(self.dtype, cfg.grad_clip, m["lr"]) + " " + where
-        )
-        return TrainingDiverged(msg, step=self.step, history=self.history)
+    @property
+    def elapsed(self) -> float:
+        return self._elapsed_before + time.perf_counter() - self._t0
 
-    def _eval_and_track(self) -> bool:
-        """Evaluate, record, save best/ckpt; returns True if early stopping fires."""
-        cfg = self.config
-        losses = self.evaluate()
-        val = losses["val"]
-        improved = self.best_val_loss is None or val < self.best_val_loss - cfg.min_delta
-        if improved:
-            self.best_val_loss = val
-            self.evals_without_improvement = 0
-        else:
-            self.evals_without_improvement += 1
-        row = self.history.append(
-            step=self.step, event="eval", train_loss=losses["train"], val_loss=val,
-            val_ppl=math.exp(min(val, 700.0)), lr=cfg.lr_at(self.step - 1) if self.step else None,
-            tokens_seen=self.tokens_seen, elapsed=self.elapsed,
-        )
-        self._say(f"step {self.step}: train loss {losses['train']:.4f}, val loss {val:.4f} "
-                  f"(ppl {row['val_ppl']:.2f}){' *' if improved else ''}")
-        if improved and self.step > 0:
-            self.save(BEST_DIR)
-        if cfg.checkpoint_interval == 0 and self.step > 0:
-            self.save(LATEST_DIR)
-        if self._emit("eval", row):
-            self._stop_request = True
-        patience = cfg.early_stopping_patience
-        return patience is not None and self.evals_without_improvement >= patience
+    @property
+    def best_val_loss(self) -> float | None:
+        return self.early_stopping.best
 
-    def fit(self) -> History:
-        """Train until a stop condition; returns the History (`.status` says why it stopped)."""
-        cfg = self.config
-        resumed = False
-        if self.resume and self.out_dir is not None:
-            ckpt = latest_checkpoint(self.out_dir)
-            if ckpt is not None:
-                self._load(ckpt)
-                resumed = True
-                self._say(f"resumed from {ckpt} at step {self.step}")
-            else:
-                self._say(f"no checkpoint in {self.out_dir}; starting from scratch")
-        if not resumed:
-            random.seed(cfg.seed + self.dist.rank)
-            torch.manual_seed(cfg.seed + self.dist.rank)
-        self.model.train()
-        self._t0 = time.perf_counter()
-        self._stop_request = False
-        status = "completed"
-        from tqdm.auto import tqdm
+    @property
+    def evals_without_improvement(self) -> int:
+        return self.early_stopping.bad_evals
 
-        self._pbar = tqdm(total=cfg.max_iters, initial=self.step, desc="train", dynamic_ncols=True,
-                          disable=not (cfg.progress and self.is_main))
-        last_eval_step = max((r["step"] for r in self.history.evals), default=-1)
-        t_log, tok_log = time.perf_counter(), self.tokens_seen
-        try:
-            if cfg.eval_interval and self.step == 0 and not resumed:
-                self._eval_and_track()
-                last_eval_step = 0
-            while self.step < cfg.max_iters:
-                m = self._train_step()
-                if m["diverged"]:
-                    status = "diverged"
-                    raise self._diverged(m)
-                self.step += 1
-                self._pbar.update(1)
-                if self.step % cfg.log_interval == 0 or self.step == cfg.max_iters:
-                    now = time.perf_counter()
-                    tps = (self.tokens_seen - tok_log) / max(now - t_log, 1e-9)
-                    t_log, tok_log = now, self.tokens_seen
-                    loss_all = self._all_mean(torch.tensor(m["loss"], device=self.device)).item()
-                    self.history.append(step=self.step, event="step", train_loss=loss_all, lr=m["lr"],
-                                        grad_norm=m["grad_norm"], tokens_seen=self.tokens_seen,
-                                        elapsed=self.elapsed, tokens_per_s=tps)
-                    self._pbar.set_postfix(loss=f"{loss_all:.4f}", lr=f"{m['lr']:.2e}", tok_s=f"{tps:,.0f}",
-                                           refresh=False)
-                if self._emit("step", {k: m[k] for k in ("loss", "lr", "grad_norm")}):
-                    self._stop_request = True
-                stop_early = False
-                if cfg.eval_interval and self.step % cfg.eval_interval == 0:
-                    stop_early = self._eval_and_track()
-                    last_eval_step = self.step
-                if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0:
-                    self.save(LATEST_DIR)
-                out_of_time = cfg.max_time_s is not None and self.elapsed >= cfg.max_time_s
-                stop_cb = self._stop_request
-                stop_cb, out_of_time = self._any(stop_cb, out_of_time)
-                if stop_early or out_of_time or stop_cb:
-                    status = "early_stopped" if stop_early else "time_limit" if out_of_time else "stopped"
-                    break
-            if cfg.eval_interval and last_eval_step != self.step:
-                self._eval_and_track()  # a final measurement for every run that evaluates
-            if self._last_saved_step != self.step:
-                self.save(LATEST_DIR)
-        except KeyboardInterrupt:
-            status = "interrupted"
-            self._say(f"interrupted at step {self.step}; saving a checkpoint")
-            try:
-                self.save(LATEST_DIR)
-            except TrainingDiverged as e:  # never save NaN weights, even when asked to stop
-                log.warning("%s", e)
-        finally:
-            self._pbar.close()
-            if status == "diverged":
-                self.history.status = status
-                self._write_history()
-                self._emit("end", {"status": status})
-        self.history.append(step=self.step, event=status, tokens_seen=self.tokens_seen, elapsed=self.elapsed,
-                            val_loss=self.history.last_val_loss)
-        self.history.status = status
-        self._write_history()
-        self._emit("end", {"status": status})
-        return self.history
+    def _fetch(self, split: str, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """One batch from get_batch, moved to the device (the only place batches move)."""
+        batch = self.get_batch(split, generator)
+        if isinstance(batch, torch.Tensor) or not isinstance(batch, list | tuple) or len(batch) < 2:
+            raise TypeError(
+                f"get_batch({split!r}, generator) must return a tuple of tensors with the targets last, "
+                f"e.g. (x, y); got {type(batch).__name__}"
+            )
+        return tuple(t.to(self.device, non_blocking=True) for t in batch)
+
+    def _forward_loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        with autocast(self.device, self.dtype):
+            out = model(*batch)
+        loss = out[1] if isinstance(out, tuple | list) and len(out) >= 2 else None
+        if loss is None:
+            raise TypeError(
+                f"{type(self.model).__name__}(*batch) must return (logits, loss) with a loss; the trainer "
+                "passes the targets as the last element of the batch"
+            )
+        return loss
+
+    def _emit(self, kind: str, metrics: dict[str, Any]) -> bool:
+        if self.callback is None:
+            return False
+        return bool(self.callback(TrainEvent(kind, self.step, metrics, self.history, self)))
 
     def close(self) -> None:
         """Leave the process group if this trainer created it."""
@@ -915,20 +838,26 @@ class Trainer:
 
 def train(
     model: nn.Module,
-    get_batch: GetBatch,
+    get_batch: BatchFn,
     config: TrainConfig | None = None,
     *,
     tokenizer: Any = None,
     callback: Callable[[TrainEvent], bool | None] | None = None,
     resume: bool = False,
     metadata: dict[str, Any] | None = None,
+    epochs: float | None = None,
+    fit_time: bool = False,
     **overrides: Any,
 ) -> History:
     """One call for notebooks: `train(model, get_batch, max_iters=500, lr=1e-3)`.
 
-    Keyword overrides replace fields of `config` (or of a default TrainConfig).
+    Keyword overrides replace fields of `config` (or of a default TrainConfig). `epochs` (instead of
+    max_iters) and `fit_time=True` (plan max_iters from the measured speed so the decay ends with
+    max_time_s) go through `plan_run`, the same planning as `minigpt train`.
     """
     config = dataclasses.replace(config or TrainConfig(), **overrides)
+    if epochs is not None or fit_time:
+        config = plan_run(config, get_batch, model, epochs=epochs, fit_time=fit_time and not resume).config
     trainer = Trainer(model, get_batch, config, tokenizer=tokenizer, callback=callback, resume=resume,
                       metadata=metadata)
     try:

@@ -132,6 +132,7 @@ def _ddp(out_dir: str, steps: int) -> None:
     one fixed full batch; rank 0 records per-step weight checksums of every rank and the weights."""
     import torch.distributed as dist
 
+    import minigpt.atomic as atomic_module
     import minigpt.train as train_module
 
     torch.set_num_threads(1)
@@ -170,7 +171,7 @@ def _ddp(out_dir: str, steps: int) -> None:
                 raise AssertionError(f"rank {dist.get_rank()} tried to write a file")
 
             train_module.save_checkpoint = refuse
-            train_module.atomic_write_bytes = refuse
+            atomic_module.atomic_write_bytes = refuse  # history files go through it
         history = trainer.fit()
         if trainer.is_main:
             torch.save({k: v.clone() for k, v in model.state_dict().items()}, out / "final_weights.pt")

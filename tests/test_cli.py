@@ -26,7 +26,7 @@ TEXT = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
     "All:\nSpeak, speak.\n\nFirst Citizen:\nYou are all resolved rather to die than to famish?\n\n"
 ) * 40
-TINY = ["--device", "cpu", "--num_layers", "1", "--n-head", "2", "--embedding_dim", "16", "--block_size", "16",
+TINY = ["--device", "cpu", "--n_layer", "1", "--n-head", "2", "--n_embd", "16", "--block_size", "16",
         "--batch_size", "4", "--eval-iters", "2", "--quiet"]
 
 
@@ -57,7 +57,7 @@ def trained(tmp_path_factory) -> Path:
     (work / "text.txt").write_text(TEXT, encoding="utf-8")
     out = work / "out"
     r = run_cli("train", "--data_file", str(work / "text.txt"), "--out_dir", str(out), "--max_iters", "30",
-                "--eval_interval", "15", "--learning_rate", "3e-3", "--sample-length", "20", *TINY)
+                "--eval_interval", "15", "--lr", "3e-3", "--sample-length", "20", *TINY)
     assert r.returncode == 0, r.stderr
     assert "--- sample" in r.stdout and "stopped (completed) after 30 steps" in r.stdout
     return out
@@ -81,7 +81,7 @@ def test_generate_greedy_matches_reference(trained: Path):
 
 
 def test_generate_seeded_stream_and_prompts_file(trained: Path, tmp_path: Path, capsys):
-    args = ["generate", "--model_path", str(trained), "--length", "30", "--seed", "7", "--top-k", "5",
+    args = ["generate", "--checkpoint", str(trained), "--length", "30", "--seed", "7", "--top-k", "5",
             "--prompt", "Speak"]
     streamed = run_cli(*args, "--stream")
     assert streamed.returncode == 0, streamed.stderr
@@ -166,7 +166,7 @@ def test_epochs_become_iterations_and_baselines_train(tmp_path: Path, capsys):
     text.write_text(TEXT, encoding="utf-8")
     out = tmp_path / "mlp"
     code = main(["train", "--data-file", str(text), "--out-dir", str(out), "--model-type", "mlp",
-                 "--num_epochs", "0.5", "--batch-size", "8", "--block-size", "32", "--eval-interval", "0",
+                 "--epochs", "0.5", "--batch-size", "8", "--block-size", "32", "--eval-interval", "0",
                  "--sample-length", "0", "--quiet", "--device", "cpu"])
     assert code == 0, capsys.readouterr().err
     n_train = int(len(TEXT) * 0.9)
@@ -215,3 +215,14 @@ def test_optimizer_and_position_flags_and_resume_keeps_the_optimizer(tmp_path: P
     with pytest.raises(SystemExit) as exc:
         main(["train", "--optimizer", "sgd"])
     assert exc.value.code == 2 and "invalid choice: 'sgd'" in capsys.readouterr().err
+
+
+def test_every_flag_accepts_underscores_by_one_rule():
+    from minigpt.cli import _dashed, build_parser
+
+    argv = ["train", "--batch_size", "4", "--out_dir=runs/a_b", "--max_iters", "3", "--", "--x_y"]
+    assert _dashed(argv) == ["train", "--batch-size", "4", "--out-dir=runs/a_b", "--max-iters", "3", "--", "--x_y"]
+    args = build_parser().parse_args(_dashed(argv[:-2]))
+    assert (args.batch_size, args.out_dir, args.max_iters) == (4, "runs/a_b", 3)
+    with pytest.raises(SystemExit):  # other words for a flag are gone: one spelling, dashes or underscores
+        build_parser().parse_args(["train", "--learning-rate", "1e-3"])

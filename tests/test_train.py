@@ -338,3 +338,95 @@ def test_bf16_autocast_on_cpu_trains():
     assert all(p.dtype is torch.float32 for p in model.parameters())  # the master weights stay fp32
     assert history.status == "completed" and math.isfinite(history.evals[-1]["val_loss"])
     assert history.evals[-1]["val_loss"] < history.evals[0]["val_loss"]
+
+
+# ---------------------------------------------------------------------------- run planning
+
+
+def test_plan_run_turns_epochs_into_steps_from_the_data_size():
+    from minigpt.train import plan_run
+
+    get_batch = lm_data(block_size=8, batch_size=4)  # 2500 training tokens
+    plan = plan_run(quiet(grad_accum=2, warmup_iters=0), get_batch, epochs=1.5)
+    assert plan.config.max_iters == math.ceil(1.5 * 2500 / (4 * 8 * 2)) == 59
+    # without an LMBatches the sizes must be given
+    with pytest.raises(ValueError, match="train_tokens"):
+        plan_run(quiet(), lambda split, g: None, epochs=1)
+    assert plan_run(quiet(batch_size=10), epochs=2, train_tokens=1000, block_size=10).config.max_iters == 20
+
+
+def test_plan_run_clamps_warmup_and_decay_to_the_run():
+    from minigpt.train import plan_run
+
+    plan = plan_run(quiet(max_iters=50, warmup_iters=100, lr_decay_iters=5000))
+    assert (plan.config.warmup_iters, plan.config.lr_decay_iters) == (5, 50)
+    assert any("warmup" in n for n in plan.notes)
+    same = quiet(max_iters=50, warmup_iters=10, lr_decay_iters=40)
+    assert plan_run(same).config == same  # nothing to change: nothing changed
+
+
+def test_plan_run_fits_the_steps_to_the_time_budget_only_when_asked(monkeypatch):
+    import minigpt.train as T
+
+    monkeypatch.setattr(T, "measure_steps_per_second", lambda *a, **k: 100.0)
+    cfg = quiet(max_iters=10**6, max_time_s=2.0, eval_interval=0, warmup_iters=500)
+    assert T.plan_run(cfg, lm_data(), tiny_gpt()).config.max_iters == 10**6  # fit_time not asked
+    plan = T.plan_run(cfg, lm_data(), tiny_gpt(), fit_time=True)
+    assert plan.steps_per_s == 100.0 and plan.config.max_iters == int(0.9 * 2.0 * 100) == 180
+    assert plan.config.warmup_iters == 18 and plan.config.lr_decay_iters is None
+    assert "so 180 steps fit" in plan.notes[-1]
+    monkeypatch.setenv("WORLD_SIZE", "2")  # ranks timing themselves could disagree: never under torchrun
+    assert T.plan_run(cfg, lm_data(), tiny_gpt(), fit_time=True).steps_per_s is None
+
+
+def test_train_plans_epochs_like_the_command_line():
+    history = train(tiny_gpt(), lm_data(block_size=8, batch_size=50), quiet(eval_interval=0), epochs=1)
+    assert history.status == "completed" and history[-1]["step"] == math.ceil(2500 / (50 * 8))
+
+
+def test_early_stopping_and_nan_guard_are_plain_objects():
+    from minigpt.train import EarlyStopping, NanGuard
+
+    stop = EarlyStopping(patience=2, min_delta=0.1)
+    assert [stop.update(v) for v in (3.0, 2.95, 2.0, 1.95, 1.99)] == [True, False, True, False, False]
+    assert stop.should_stop and stop.best == 2.0
+    assert NanGuard(scaled=False).diverged(float("nan"), 1.0) and NanGuard(scaled=False).diverged(1.0, math.inf)
+    fp16 = NanGuard(scaled=True, max_skipped=2)
+    assert [fp16.diverged(1.0, math.inf) for _ in range(3)] == [False, False, True]  # the scaler skips a few
+
+
+def test_atomic_write_replaces_whole_files_and_leaves_no_temp_files(tmp_path, monkeypatch):
+    import os
+
+    from minigpt import atomic
+
+    target = tmp_path / "sub" / "f.json"
+    atomic.atomic_write_text(target, "old")
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    atomic.atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"new" and len(synced) == 2  # the file, then its folder
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # ordinary permissions, not mkstemp's 0o600
+
+    def crash(path, data):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(atomic, "write_synced", crash)
+    with pytest.raises(OSError, match="disk full"):
+        atomic.atomic_write_bytes(target, b"half")
+    assert target.read_bytes() == b"new" and sorted(p.name for p in target.parent.iterdir()) == ["f.json"]
+
+
+def test_one_parameter_counter_and_one_preset_name():
+    from minigpt import hf, lora
+    from minigpt.model import PRESETS, count_parameters
+    from minigpt.presets import TRAIN_PRESETS
+
+    assert hf.count_parameters is lora.count_trainable is count_parameters
+    model = tiny_gpt()  # tied embedding: counted once
+    model.transformer.wte.weight.requires_grad_(False)
+    n_wte = model.transformer.wte.weight.numel()
+    assert count_parameters(model) == (model.num_params() - n_wte, model.num_params())
+    assert all(name == p.model and name in PRESETS for name, p in TRAIN_PRESETS.items())
