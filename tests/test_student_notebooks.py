@@ -39,5 +39,4 @@ def test_student_version_of_notebook_06_runs_with_every_exercise_not_done(tmp_pa
         "06.1 causal self-attention", "06.2 pre-LN block", "06.3 the language model, weights tied", "06.4 generate",
         "06.5 GPT-2 weights in your GPT", "06.6 KV cache", "06.7 written answer",
     ], rows  # no "(cell N)" row: nothing crashed outside the checkers
-    assert statuses.pop("06.7 written answer") == "needs manual grading", rows
     assert set(statuses.values()) == {"not done"}, rows
