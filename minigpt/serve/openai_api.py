@@ -247,7 +247,13 @@ class VisibleText:
         self.raw = ""  # everything generated so far
         self.sent = 0  # characters of the visible text already handed out
 
+    def _stop_at(self) -> int | None:
+        """Where the first complete stop string starts (None when there is none yet)."""
+        cuts = [at for s in self.stops if (at := self.raw.find(s)) >= 0]
+        return min(cuts) if cuts else None
+
     def _held(self) -> int:
+        """Length of the longest tail of the text that begins some stop string."""
         held = 0
         for s in self.stops:
             for k in range(min(len(s) - 1, len(self.raw)), held, -1):
@@ -256,30 +262,28 @@ class VisibleText:
                     break
         return held
 
-    def _visible(self, text: str) -> str:
-        return text.lstrip() if self.lstrip else text
+    def _take(self, end: int) -> str:
+        visible = self.raw[:end]
+        visible = visible.lstrip() if self.lstrip else visible
+        new, self.sent = visible[self.sent :], len(visible)
+        return new
 
     def feed(self, delta: str) -> str:
         """Add generated text; return what became visible."""
         self.raw += delta
-        visible = self._visible(self.raw[: len(self.raw) - self._held()])
-        new, self.sent = visible[self.sent :], len(visible)
-        return new
+        at = self._stop_at()
+        return self._take(at if at is not None else len(self.raw) - self._held())
 
-    def finish(self, reason: str | None) -> str:
-        """The generation ended: cut the stop string (when it ended on one) and return the rest."""
-        text = self.raw
-        if reason == "stop":
-            cuts = [at for s in self.stops if (at := text.find(s)) >= 0]
-            if cuts:
-                text = text[: min(cuts)]
-        visible = self._visible(text)
-        new, self.sent = visible[self.sent :], len(visible)
-        return new
+    def finish(self) -> str:
+        """The generation ended: return the rest, up to the first stop string."""
+        at = self._stop_at()
+        return self._take(at if at is not None else len(self.raw))
 
     @property
     def text(self) -> str:
-        return self._visible(self.raw)[: self.sent]
+        """Everything handed out so far."""
+        visible = self.raw.lstrip() if self.lstrip else self.raw
+        return visible[: self.sent]
 
 
 # --- routes ---------------------------------------------------------------------------------------------
@@ -330,7 +334,8 @@ def add_openai_routes(app: FastAPI, runner: Runner, settings: ServeSettings, hea
 
         if not stream:
             await runner.wait(job, request)
-            text = visible.feed(job.text) + visible.finish(job.finish_reason)
+            visible.raw = job.text
+            text = visible.finish()
             if kind == "text_completion":
                 choice = {"index": 0, "text": echo + text, "logprobs": None, "finish_reason": finish_reason()}
             else:
@@ -368,7 +373,7 @@ def add_openai_routes(app: FastAPI, runner: Runner, settings: ServeSettings, hea
                         if new:
                             yield chunk(new)
                     elif event[0] == "done":
-                        rest = visible.finish(job.finish_reason)
+                        rest = visible.finish()
                         if rest:
                             yield chunk(rest)
                         yield chunk(None, finish_reason())
