@@ -5,8 +5,8 @@
 - :func:`read_json`: the body, size-limited, parsed strictly (a 5000-digit number or a 100,000-deep
   array is a 400, not a crash).
 - :class:`Runner`: turn a prompt into a job (cache or queue) and follow its events until it ends or
-  the client leaves; a client that leaves is noticed within ``DISCONNECT_POLL_S`` and its job is
-  cancelled, whether it was streaming or waiting for one JSON answer.
+  the client leaves; a client that leaves is noticed at once (its disconnect message) and its job is
+  cancelled before the next token, whether it was streaming or waiting for one JSON answer.
 - :class:`RateLimitedLog`: at most one log line a minute for things clients do all the time
   (disconnects, read timeouts), with a count of what it did not print.
 """
@@ -26,11 +26,10 @@ from starlette.requests import ClientDisconnect, Request
 
 from .engine import BatchingEngine, Job, QueueFull, Sampling
 
-__all__ = ["HTTPError", "ClientGone", "RateLimitedLog", "Runner", "read_json", "DISCONNECT_POLL_S"]
+__all__ = ["HTTPError", "ClientGone", "RateLimitedLog", "Runner", "read_json"]
 
 log = logging.getLogger("minigpt.serve")
 
-DISCONNECT_POLL_S = 0.25  # how often a waiting handler checks that its client is still there
 MAX_INT_DIGITS = 30  # no field takes a bigger integer; Python refuses to parse > 4300 digits anyway
 MAX_JSON_DEPTH = 32  # no field nests deeper; json's recursion would fail somewhere past ~1000
 
@@ -159,34 +158,35 @@ class Runner:
             raise HTTPError(503, str(e), headers={"Retry-After": "1"}, code="server_busy") from e
         return job
 
-    async def _next_event(self, job: Job, request: Request) -> tuple | None:
-        """The job's next event, or None once the client has hung up (checked every DISCONNECT_POLL_S)."""
-        getter = asyncio.ensure_future(job.events.get())
-        try:
-            while True:
-                done, _ = await asyncio.wait({getter}, timeout=DISCONNECT_POLL_S)
-                if done:
-                    return getter.result()
-                if await request.is_disconnected():
-                    return None
-        finally:
-            if not getter.done():
-                getter.cancel()
-
     async def follow(self, job: Job, request: Request, stream: bool) -> AsyncIterator[tuple]:
-        """The job's events up to ("done", reason) or ("error", message); cancels the job when the
-        client leaves or the caller stops early, and records the latency either way."""
+        """The job's events up to ("done", reason) or ("error", message).
+
+        A watcher waits for the client's disconnect message (the ASGI server sends it as soon as the
+        connection closes) and cancels the job at once; the worker drops it before the next token.
+        Ending early for any other reason (the handler was cancelled) cancels the job too.
+        """
         finished = False
+
+        async def watch() -> None:
+            while True:
+                message = await request.receive()
+                if message["type"] == "http.disconnect":
+                    job.cancelled.set()
+                    job.events.put_nowait(("gone",))
+                    return
+
+        watcher = asyncio.ensure_future(watch())
         try:
             while True:
-                event = await self._next_event(job, request)
-                if event is None:  # nobody is waiting for the answer any more
+                event = await job.events.get()
+                if event[0] == "gone":  # nobody is waiting for the answer any more
                     return
                 finished = event[0] in ("done", "error")  # set before yielding: the caller may stop here
                 yield event
                 if finished:
                     return
         finally:  # also runs when the handler is cancelled because the client hung up
+            watcher.cancel()
             if not finished:
                 self.disconnects()
             self.engine.cancel(job)
