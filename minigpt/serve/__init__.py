@@ -87,11 +87,11 @@ def _api_key_problem(key: str) -> str | None:
     return None
 
 
-def create_app(model: Any, tokenizer: Any, settings: ServeSettings | None = None) -> Any:
+def create_app(model: Any, tokenizer: Any, settings: ServeSettings | None = None, **kwargs: Any) -> Any:
     """The FastAPI app serving ``model``; see :func:`minigpt.serve.app.create_app`."""
     from .app import create_app as _create_app
 
-    return _create_app(model, tokenizer, settings)
+    return _create_app(model, tokenizer, settings, **kwargs)
 
 
 def load_for_serving(checkpoint: str | os.PathLike, device: str = "cpu") -> tuple[Any, Any, dict[str, Any]]:

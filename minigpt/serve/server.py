@@ -8,7 +8,8 @@ forever, and every malformed request or refused connection is one warning line. 
   while the server is answering, so long generations and streams are not affected.
 - ``keep_alive_s``: an idle keep-alive connection is closed after this (uvicorn's ``timeout_keep_alive``).
 - ``max_connections``: open connections above this get uvicorn's 503 (``limit_concurrency``).
-- headers over 16 KiB are a 400 (h11's ``max_incomplete_event_size``); the body limit is the app's.
+- a request head still incomplete after 16 KiB is a 400 (h11's ``max_incomplete_event_size``); the
+  body limit is the app's (``max_body_bytes``, 413).
 - uvicorn's repeated warnings ("Invalid HTTP request received.", the concurrency limit) are
   rate-limited to one line a minute per message, with a count of the ones not printed.
 
