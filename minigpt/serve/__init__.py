@@ -189,7 +189,9 @@ def _run_cli(args: argparse.Namespace) -> int:
     problem = probe_model(model, int(tokenizer.vocab_size))
     if problem is not None:
         return _fail(f"--checkpoint {args.checkpoint}: {problem}")
-    settings = settings_from_args(args, model_name=os.path.basename(os.path.normpath(info["path"])))
+    # the model id (OpenAI's "model") is the name the user gave: "demo" for --checkpoint out/demo
+    name = os.path.basename(os.path.abspath(os.path.expanduser(args.checkpoint))) or "minigpt"
+    settings = settings_from_args(args, model_name=name)
     app = _create_app(model, tokenizer, settings, checkpoint_info=info)
     if args.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
         print(f"warning: serving on {args.host} without an API key; anyone who can reach it can use it", flush=True)

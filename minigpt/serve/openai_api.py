@@ -3,9 +3,9 @@
 ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/completions``, ``POST /v1/chat/completions``::
 
     from openai import OpenAI
-    client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused-or-your---api-key")
-    client.completions.create(model="best", prompt="ROMEO:", max_tokens=40)
-    client.chat.completions.create(model="best", messages=[{"role": "user", "content": "Hi"}])
+    client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")  # or the --api-key
+    client.completions.create(model="demo", prompt="ROMEO:", max_tokens=40)
+    client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "Hi"}])
 
 Supported: ``max_tokens`` (completions default 16, chat default the server's default;
 ``max_completion_tokens`` too), ``temperature`` in [0, 2] (0 = greedy), ``top_p`` in [0, 1] (values
