@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import ServeSettings
-from .core import ClientGone, HTTPError, Runner, read_json
+from .core import ClientGone, ErrorResponse, HTTPError, Runner, read_json
 from .engine import BatchingEngine, Sampling, probe_model
 from .metrics import ENDPOINTS, ServeMetrics
 from .openai_api import add_openai_routes, is_openai_path, openai_error
@@ -122,7 +122,7 @@ def _error(status: int, message: str, fields: dict[str, str] | None = None,
     if is_openai_path(path):
         return openai_error(status, message, param if param is not None else next(iter(fields or {}), None),
                             code, headers)
-    return JSONResponse({"error": message, "status": status, "fields": fields or {}}, status, headers=headers)
+    return ErrorResponse({"error": message, "status": status, "fields": fields or {}}, status, headers=headers)
 
 
 def _is_json(content_type: bytes | None) -> bool:

@@ -23,10 +23,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
 
 from .engine import BatchingEngine, Job, QueueFull, Sampling
 
-__all__ = ["HTTPError", "ClientGone", "RateLimitedLog", "Runner", "read_json"]
+__all__ = ["HTTPError", "ClientGone", "ErrorResponse", "RateLimitedLog", "Runner", "read_json"]
 
 log = logging.getLogger("minigpt.serve")
 
@@ -45,6 +46,14 @@ class HTTPError(Exception):
         self.fields = fields or ({param: message} if param else {})
         self.param = param if param is not None else next(iter(self.fields), None)
         self.code = code
+
+
+class ErrorResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: error messages quote what the client sent, and a
+    lone surrogate ("\\ud800" in the request) cannot be encoded as UTF-8."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 class ClientGone(Exception):

@@ -48,7 +48,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from . import ServeSettings
-from .core import HTTPError, Runner, read_json
+from .core import ErrorResponse, HTTPError, Runner, read_json
 from .engine import Job, Sampling
 
 __all__ = ["CHAT_STOP", "VisibleText", "add_openai_routes", "chat_prompt", "is_openai_path", "openai_error"]
@@ -76,7 +76,7 @@ def openai_error(status: int, message: str, param: str | None = None, code: str 
         status = 400
     kind = _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status, headers=headers)
+    return ErrorResponse(body, status, headers=headers)
 
 
 # --- requests -------------------------------------------------------------------------------------------

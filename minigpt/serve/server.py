@@ -10,6 +10,7 @@ forever, and every malformed request or refused connection is one warning line. 
 - ``max_connections``: open connections above this get uvicorn's 503 (``limit_concurrency``).
 - a request head still incomplete after 16 KiB is a 400 (h11's ``max_incomplete_event_size``); the
   body limit is the app's (``max_body_bytes``, 413).
+- no WebSocket upgrades (nothing here uses them);
 - uvicorn's repeated warnings ("Invalid HTTP request received.", the concurrency limit) are
   rate-limited to one line a minute per message, with a count of the ones not printed.
 
@@ -176,7 +177,7 @@ def build_server(app: Any, settings: Any, log_level: str = "warning", announce: 
     ``server.run(sockets=[bind(host, port)])``. ``announce`` ("... {url} ...") is printed once listening."""
     protocol = type("MinigptH11Protocol", (_TimedH11Protocol,), {"read_timeout": float(settings.read_timeout_s)})
     config = uvicorn.Config(
-        app, http=protocol, log_level=log_level, lifespan="on",
+        app, http=protocol, ws="none", log_level=log_level, lifespan="on",
         timeout_keep_alive=settings.keep_alive_s,
         limit_concurrency=settings.max_connections,
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
