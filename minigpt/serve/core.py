@@ -134,7 +134,7 @@ class Runner:
         self.engine, self.tokenizer, self.block_size, self.metrics = engine, tokenizer, block_size, metrics
         self.disconnects = RateLimitedLog("client(s) left before their answer; their requests were cancelled")
 
-    def encode(self, prompt: str, param: str = "prompt", where: str = "prompt") -> list[int]:
+    def encode(self, prompt: str, param: str = "prompt", where: str = "") -> list[int]:
         """Token ids of ``prompt``; unknown characters are a client error that lists them."""
         if not prompt:
             raise HTTPError(422, f"{param}: is empty; give at least one character (e.g. a newline)", param=param)
@@ -144,7 +144,8 @@ class Runner:
             unknown = getattr(e, "unknown", None)
             if unknown is not None:
                 shown = " ".join(repr(c) for c in unknown[:20])
-                msg = (f"{param}: {where} contains {len(unknown)} character(s) this model does not know: {shown}. "
+                subject = f"{param}: {where} contains" if where else f"{param}: contains"
+                msg = (f"{subject} {len(unknown)} character(s) this model does not know: {shown}. "
                        "Remove or replace them (GET /v1/model lists the vocabulary).")
             else:
                 msg = f"{param}: cannot be tokenized: {e}"

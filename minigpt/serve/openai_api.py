@@ -137,6 +137,9 @@ def _validation_error(e: ValidationError) -> HTTPError:
     if err["type"] == "extra_forbidden":
         return HTTPError(400, f"Unrecognized request argument supplied: {param}", param=param,
                          code="unknown_parameter")
+    if err["loc"] and err["loc"][0] == "prompt":
+        return HTTPError(400, "prompt: must be a string, a list holding one string, or a list of token ids",
+                         param="prompt", code="invalid_value")
     if err["type"] == "missing":
         return HTTPError(400, f"{param}: required", param=param, code="missing_required_parameter")
     return HTTPError(400, f"{param}: {err['msg'].removeprefix('Value error, ')}", param=param,
@@ -213,9 +216,12 @@ def _text_of(message: ChatMessage, i: int) -> str:
         return content
     parts = []
     for part in content:
-        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+        if part.get("type") != "text":
             raise _unsupported(f"messages.{i}.content", "only text parts ({\"type\": \"text\", \"text\": ...}) "
                                f"are supported, got type {part.get('type')!r}")
+        if not isinstance(part.get("text"), str):
+            raise HTTPError(400, f"messages.{i}.content: a text part needs a string \"text\"",
+                            param=f"messages.{i}.content")
         parts.append(part["text"])
     return "".join(parts)
 
