@@ -123,6 +123,27 @@ def test_abandoned_requests_are_cancelled_within_a_second(slow_server, path, bod
     assert server_errors(app) == 0
 
 
+def test_shutdown_with_requests_in_flight_is_quick_and_quiet():
+    model, tok = slow_model()
+    app = create_app(model, tok, ServeSettings(max_new_tokens_limit=400, cache_size=0))
+    with Records() as logs:
+        server = ThreadServer(app)
+        with ThreadPoolExecutor(2) as pool:
+            url = server.__enter__()
+            futures = [pool.submit(httpx.post, url + "/v1/generate", json={"prompt": "ab", "max_new_tokens": 400,
+                                                                            "stream": stream}, timeout=TIMEOUT)
+                       for stream in (False, True)]
+            wait_until(lambda: app.state.engine.active == 2, timeout=10, what="both requests decoding")
+            start = time.monotonic()
+            server.__exit__(None, None, None)
+            took = time.monotonic() - start
+            answers = [f.result() for f in futures]
+    assert took < 3.0
+    assert answers[0].status_code == 503 and "shutting down" in answers[0].json()["error"]
+    assert "shutting down" in answers[1].text  # the stream's last event says why it ended
+    assert not [r for r in logs.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
 # --- slow and half-sent requests -----------------------------------------------------------------------
 @pytest.mark.parametrize(
     "data",

@@ -207,6 +207,8 @@ class Runner:
         async with contextlib.aclosing(self.follow(job, request, stream=False)) as events:
             async for event in events:
                 if event[0] == "error":
+                    if "shutting down" in event[1]:
+                        raise HTTPError(503, event[1], headers={"Retry-After": "5"}, code="shutting_down")
                     raise HTTPError(500, event[1], code="generation_failed")
                 if event[0] == "done":
                     return

@@ -162,7 +162,8 @@ def url_of(sock: socket.socket) -> str:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server that says where it listens, in one line, once it really does."""
+    """uvicorn's server that says where it listens (one line, once it really does) and stops the
+    decoding worker before it waits for open requests."""
 
     announce: str | None = None
 
@@ -170,6 +171,14 @@ class _Server(uvicorn.Server):
         await super().startup(sockets=sockets)
         if self.started and self.announce and sockets:
             print(self.announce.format(url=url_of(sockets[0])), flush=True)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Stop the decoding worker first: running and queued requests end at once with a 503
+        # ("shutting down") instead of being cut off, with a traceback each, after the grace period.
+        engine = getattr(getattr(self.config.app, "state", None), "engine", None)
+        if engine is not None:
+            await asyncio.get_running_loop().run_in_executor(None, engine.stop)
+        await super().shutdown(sockets=sockets)
 
 
 def build_server(app: Any, settings: Any, log_level: str = "warning", announce: str | None = None) -> uvicorn.Server:
