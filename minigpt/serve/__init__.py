@@ -237,6 +237,15 @@ def _one_line_errors(parser: argparse.ArgumentParser) -> None:
     parser.error = error  # type: ignore[method-assign]
 
 
+_EXAMPLES = """examples:
+  minigpt serve --checkpoint out/demo               # playground at http://127.0.0.1:8000/
+  minigpt serve --checkpoint out/demo --host 0.0.0.0 --api-key "$(openssl rand -hex 16)"
+  curl -s 127.0.0.1:8000/v1/generate -H 'Content-Type: application/json' -d '{"prompt": "ROMEO:"}'
+  python -c 'from openai import OpenAI; c = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="-");
+             print(c.completions.create(model="demo", prompt="ROMEO:").choices[0].text)'
+"""
+
+
 def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``serve`` on the main CLI's subparsers; the handler is ``args.func(args)``."""
     d = ServeSettings()
@@ -246,6 +255,8 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
         help="serve a checkpoint over HTTP: /v1/generate, OpenAI-compatible /v1/*, /metrics and a playground",
         description="Serve a checkpoint with FastAPI + uvicorn. Binds 127.0.0.1 unless told otherwise. "
         "Also speaks OpenAI's API: OpenAI(base_url='http://127.0.0.1:8000/v1', api_key=...).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_EXAMPLES,
     )
     _one_line_errors(p)
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, or a train --out-dir (uses its best/)")
