@@ -241,8 +241,7 @@ _EXAMPLES = """examples:
   minigpt serve --checkpoint out/demo               # playground at http://127.0.0.1:8000/
   minigpt serve --checkpoint out/demo --host 0.0.0.0 --api-key "$(openssl rand -hex 16)"
   curl -s 127.0.0.1:8000/v1/generate -H 'Content-Type: application/json' -d '{"prompt": "ROMEO:"}'
-  python -c 'from openai import OpenAI; c = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="-");
-             print(c.completions.create(model="demo", prompt="ROMEO:").choices[0].text)'
+  # Python: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="-").completions.create(model="demo", prompt="Hi")
 """
 
 
