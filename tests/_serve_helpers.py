@@ -9,10 +9,12 @@ import torch
 from minigpt import GPT, CharTokenizer, GPTConfig
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz ,.:!?\n"
+# with capitals: enough for the OpenAI chat template ("System:", "User:", "Assistant:")
+CHAT_ALPHABET = ALPHABET + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
-def tiny_model(seed: int = 0, block_size: int = 24) -> tuple[GPT, CharTokenizer]:
-    tok = CharTokenizer.from_text(ALPHABET)
+def tiny_model(seed: int = 0, block_size: int = 24, alphabet: str = ALPHABET) -> tuple[GPT, CharTokenizer]:
+    tok = CharTokenizer.from_text(alphabet)
     torch.manual_seed(seed)
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=32))
     # Larger random weights than GPT-2's init: the greedy path then wanders over many characters
@@ -34,8 +36,8 @@ class SlowGPT(GPT):
         return super().forward(*args, **kwargs)
 
 
-def slow_model(seed: int = 0) -> tuple[SlowGPT, CharTokenizer]:
-    model, tok = tiny_model(seed)
+def slow_model(seed: int = 0, alphabet: str = ALPHABET) -> tuple[SlowGPT, CharTokenizer]:
+    model, tok = tiny_model(seed, alphabet=alphabet)
     slow = SlowGPT(model.config)
     slow.load_state_dict(model.state_dict())
     return slow.eval(), tok

@@ -33,14 +33,18 @@ def reference(model, tok, prompt: str, n: int, **kw) -> str:
 
 
 def sse_events(response: httpx.Response) -> list[tuple[str, dict]]:
-    """Parse a text/event-stream body into (event, data) pairs."""
-    events, event = [], "message"
+    """Parse a text/event-stream body into (event, data) pairs; the stream must end with data: [DONE]."""
+    events, event, done = [], "message", False
     for line in response.iter_lines():
+        assert not (done and line), f"data after [DONE]: {line!r}"
         if line.startswith("event: "):
             event = line[7:]
+        elif line == "data: [DONE]":
+            done = True
         elif line.startswith("data: "):
             events.append((event, json.loads(line[6:])))
             event = "message"
+    assert done, "the stream did not end with data: [DONE]"
     return events
 
 
@@ -132,7 +136,7 @@ def test_prompt_longer_than_block_is_cropped_like_the_library(served):
         ({"prompt": "hi", "max_new_tokens": "many"}, 422, ["max_new_tokens"]),
         ({"max_new_tokens": 3}, 422, ["prompt", "required"]),
         ({"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, 422, ["stop", "at most 4"]),
-        (["not", "an", "object"], 422, ["JSON object"]),
+        (["not", "an", "object"], 400, ["JSON object"]),
     ],
 )
 def test_bad_requests_get_a_message_that_says_what_to_fix(served, payload, status, needles):
@@ -150,7 +154,7 @@ def test_bad_requests_get_a_message_that_says_what_to_fix(served, payload, statu
 def test_invalid_json_and_oversized_bodies(served):
     client, _, _, _ = served
     r = client.post("/v1/generate", content=b"{prompt: 'hi'", headers={"content-type": "application/json"})
-    assert r.status_code == 422 and "not valid JSON" in r.json()["error"]
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
     big = json.dumps({"prompt": "a" * 5000}).encode()
     r = client.post("/v1/generate", content=big, headers={"content-type": "application/json"})
     assert r.status_code == 413 and "limit is 2048" in r.json()["error"]
@@ -376,4 +380,7 @@ def test_load_for_serving_round_trips_a_checkpoint(tmp_path):
 def test_settings_reject_nonsense():
     with pytest.raises(ValueError, match="max_batch_size"):
         ServeSettings(max_batch_size=0)
-    assert ServeSettings(api_key="").api_key is None
+    with pytest.raises(ValueError, match="api_key is empty"):
+        ServeSettings(api_key="")
+    with pytest.raises(ValueError, match="batch_wait_ms"):
+        ServeSettings(batch_wait_ms=float("nan"))

@@ -7,7 +7,14 @@ The pieces, one per module, so each can be read (and tested) alone:
 - :mod:`minigpt.serve.cache`: an LRU cache for deterministic requests (greedy, or a fixed seed);
 - :mod:`minigpt.serve.metrics`: Prometheus counters, gauges and histograms;
 - :mod:`minigpt.serve.app`: the FastAPI app (``create_app(model, tokenizer, settings)``) and the
-  playground page in ``static/playground.html``.
+  playground page in ``static/playground.html``;
+- :mod:`minigpt.serve.openai_api`: the OpenAI-compatible endpoints and the chat template;
+- :mod:`minigpt.serve.core`: what both APIs share (errors, JSON bodies, following a job);
+- :mod:`minigpt.serve.server`: the uvicorn server with read timeouts and a connection cap.
+
+``minigpt serve`` checks every option before it loads anything (one line naming the flag, exit
+status 2), refuses a checkpoint that cannot generate, and prints one line once it listens:
+``minigpt serve: listening on http://127.0.0.1:8000/ (model best)``.
 
 This module stays light (no FastAPI import), so ``minigpt --help`` works without the ``serve`` extra.
 """
@@ -15,10 +22,12 @@ This module stays light (no FastAPI import), so ``minigpt --help`` works without
 from __future__ import annotations
 
 import argparse
+import math
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["ServeSettings", "create_app", "load_for_serving", "settings_from_args", "add_cli", "main", "API_KEY_ENV"]
 
@@ -37,26 +46,52 @@ class ServeSettings:
     batch_wait_ms: float = 2.0  # how long the worker waits for more compatible requests before decoding
     cache_size: int = 256  # LRU entries for deterministic requests; 0 turns the cache off
     api_key: str | None = None  # when set, required on every endpoint but /healthz
-    model_name: str = "minigpt"  # shown by /v1/model and the playground
+    model_name: str = "minigpt"  # shown by /v1/model, /v1/models (the OpenAI model id) and the playground
     device: str = "cpu"  # where the model runs
+    read_timeout_s: float = 10.0  # a connection must send a whole request (headers + body) within this
+    keep_alive_s: float = 5.0  # idle keep-alive connections are closed after this
+    max_connections: int = 256  # open connections above this get 503
 
     def __post_init__(self) -> None:
-        for name in ("max_new_tokens_limit", "default_max_new_tokens", "max_body_bytes", "max_batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"ServeSettings.{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        if self.max_queue < 0 or self.cache_size < 0 or self.batch_wait_ms < 0:
-            raise ValueError("ServeSettings.max_queue, cache_size and batch_wait_ms must be >= 0")
+        for name, (low, high) in _LIMITS.items():
+            value = getattr(self, name)
+            kind = float if name in _FLOATS else int
+            if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) \
+                    or not math.isfinite(value) or not low <= value <= high:
+                raise ValueError(f"ServeSettings.{name} must be a finite {kind.__name__} in [{low:g}, {high:g}], "
+                                 f"got {value!r}")
         if self.default_max_new_tokens > self.max_new_tokens_limit:
             self.default_max_new_tokens = self.max_new_tokens_limit
-        if self.api_key == "":
-            self.api_key = None
+        if self.api_key is not None:
+            problem = _api_key_problem(self.api_key)
+            if problem:
+                raise ValueError(f"ServeSettings.api_key {problem}")
 
 
-def create_app(model: Any, tokenizer: Any, settings: ServeSettings | None = None) -> Any:
+# (lowest, highest) accepted for each number; the same ranges check the command line's flags.
+_LIMITS: dict[str, tuple[float, float]] = {
+    "max_new_tokens_limit": (1, 1_000_000), "default_max_new_tokens": (1, 1_000_000),
+    "max_body_bytes": (1, 64 * 2**20), "max_queue": (0, 100_000), "max_batch_size": (1, 1024),
+    "batch_wait_ms": (0, 10_000), "cache_size": (0, 1_000_000), "read_timeout_s": (0.1, 3600),
+    "keep_alive_s": (0.1, 3600), "max_connections": (1, 100_000),
+}
+_FLOATS = {"batch_wait_ms", "read_timeout_s", "keep_alive_s"}
+
+
+def _api_key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be an API key (None when it can)."""
+    if key == "":
+        return "is empty: an empty key would let everyone in; give a real key or leave the option out"
+    if key != key.strip() or any(ord(c) < 33 or ord(c) > 126 for c in key):
+        return "must be printable ASCII without spaces (it travels in an HTTP header)"
+    return None
+
+
+def create_app(model: Any, tokenizer: Any, settings: ServeSettings | None = None, **kwargs: Any) -> Any:
     """The FastAPI app serving ``model``; see :func:`minigpt.serve.app.create_app`."""
     from .app import create_app as _create_app
 
-    return _create_app(model, tokenizer, settings)
+    return _create_app(model, tokenizer, settings, **kwargs)
 
 
 def load_for_serving(checkpoint: str | os.PathLike, device: str = "cpu") -> tuple[Any, Any, dict[str, Any]]:
@@ -76,6 +111,7 @@ def load_for_serving(checkpoint: str | os.PathLike, device: str = "cpu") -> tupl
 
 def settings_from_args(args: argparse.Namespace, model_name: str = "minigpt") -> ServeSettings:
     """ServeSettings from ``minigpt serve`` arguments; the API key falls back to $MINIGPT_API_KEY."""
+    key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
     return ServeSettings(
         max_new_tokens_limit=args.max_new_tokens_limit,
         default_max_new_tokens=min(64, args.max_new_tokens_limit),
@@ -84,56 +120,167 @@ def settings_from_args(args: argparse.Namespace, model_name: str = "minigpt") ->
         max_batch_size=1 if args.no_batching else args.max_batch_size,
         batch_wait_ms=args.batch_wait_ms,
         cache_size=0 if args.no_cache else args.cache_size,
-        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        api_key=key,
         model_name=model_name,
         device=args.device,
+        read_timeout_s=getattr(args, "read_timeout", ServeSettings.read_timeout_s),
+        keep_alive_s=getattr(args, "keep_alive", ServeSettings.keep_alive_s),
+        max_connections=getattr(args, "max_connections", ServeSettings.max_connections),
     )
 
 
+class _OptionError(Exception):
+    """A bad option value: one line naming the flag, exit status 2."""
+
+
+def _fail(message: str) -> int:
+    print(f"minigpt serve: error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """What argparse types cannot check alone: the device, the API key, related limits."""
+    from minigpt.device import get_device
+
+    try:
+        get_device(args.device)
+    except ValueError as e:
+        raise _OptionError(f"--device {args.device}: {e}") from None
+    if args.api_key is not None:
+        problem = _api_key_problem(args.api_key)
+        if problem:
+            raise _OptionError(f"--api-key {problem}")
+    elif os.environ.get(API_KEY_ENV) is not None:
+        problem = _api_key_problem(os.environ[API_KEY_ENV])
+        if problem:
+            raise _OptionError(f"${API_KEY_ENV} {problem}")
+
+
+def _resolve_checkpoint(path: str) -> str:
+    """An output folder means its best/ (else ckpt/) checkpoint, as for ``minigpt generate``."""
+    from minigpt.checkpoint import resolve_checkpoint
+
+    return str(resolve_checkpoint(path))
+
+
 def _run_cli(args: argparse.Namespace) -> int:
+    try:
+        _check_options(args)
+    except _OptionError as e:
+        return _fail(str(e))
     import torch
-    import uvicorn
 
     from .app import create_app as _create_app
+    from .engine import probe_model
+    from .server import bind, build_server
 
     if args.threads is not None:
         # One decoding thread owns the model; small models gain nothing from intra-op threads, and
         # threads spinning against the HTTP loop (and each other on a busy machine) cost a lot.
         torch.set_num_threads(args.threads)
-    model, tokenizer, info = load_for_serving(args.checkpoint, device=args.device)
-    settings = settings_from_args(args, model_name=os.path.basename(os.path.normpath(info["path"])))
+    try:
+        model, tokenizer, info = load_for_serving(_resolve_checkpoint(args.checkpoint), device=args.device)
+    except Exception as e:  # a missing, damaged or unsuitable checkpoint: one line, not a traceback
+        if os.environ.get("MINIGPT_DEBUG"):
+            raise
+        return _fail(f"--checkpoint {args.checkpoint}: {e}")
+    problem = probe_model(model, int(tokenizer.vocab_size))
+    if problem is not None:
+        return _fail(f"--checkpoint {args.checkpoint}: {problem}")
+    # the model id (OpenAI's "model") is the name the user gave: "demo" for --checkpoint out/demo
+    name = os.path.basename(os.path.abspath(os.path.expanduser(args.checkpoint))) or "minigpt"
+    settings = settings_from_args(args, model_name=name)
     app = _create_app(model, tokenizer, settings, checkpoint_info=info)
     if args.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
-        print(f"warning: serving on {args.host} without an API key; anyone who can reach it can use it")
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        print(f"warning: serving on {args.host} without an API key; anyone who can reach it can use it", flush=True)
+    try:
+        sock = bind(args.host, args.port)
+    except OSError as e:
+        print(f"minigpt serve: error: cannot listen on {args.host}:{args.port} ({e.strerror or e}); "
+              "pick another --port or --host", file=sys.stderr, flush=True)
+        return 1
+    server = build_server(app, settings, log_level=args.log_level,
+                          announce=f"minigpt serve: listening on {{url}} (model {settings.model_name})")
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     return 0
+
+
+def _number(kind: Callable[[str], float], low: float, high: float) -> Callable[[str], Any]:
+    """An argparse type: a finite ``kind`` (int or float) in [low, high], or one clear error."""
+
+    def parse(text: str) -> Any:
+        name = "a whole number" if kind is int else "a number"
+        try:
+            value = kind(text)
+        except ValueError:
+            shown = text if len(text) <= 20 else f"{text[:12]}... ({len(text)} characters)"
+            raise argparse.ArgumentTypeError(f"expected {name} in [{low:g}, {high:g}], got {shown!r}") from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {name} in [{low:g}, {high:g}], got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
+
+
+def _one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """argparse prints the whole usage before an error; ``minigpt serve`` prints the error alone."""
+
+    def error(message: str) -> NoReturn:
+        parser.exit(2, f"minigpt serve: error: {message} (see minigpt serve --help)\n")
+
+    parser.error = error  # type: ignore[method-assign]
+
+
+_EXAMPLES = """examples:
+  minigpt serve --checkpoint out/demo               # playground at http://127.0.0.1:8000/
+  minigpt serve --checkpoint out/demo --host 0.0.0.0 --api-key "$(openssl rand -hex 16)"
+  curl -s 127.0.0.1:8000/v1/generate -H 'Content-Type: application/json' -d '{"prompt": "ROMEO:"}'
+  # Python: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="-").completions.create(model="demo", prompt="Hi")
+"""
 
 
 def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``serve`` on the main CLI's subparsers; the handler is ``args.func(args)``."""
     d = ServeSettings()
+    lim = _LIMITS
     p = subparsers.add_parser(
         "serve",
-        help="serve a checkpoint over HTTP: /v1/generate, /metrics and a playground page at /",
-        description="Serve a checkpoint with FastAPI + uvicorn. Binds 127.0.0.1 unless told otherwise.",
+        help="serve a checkpoint over HTTP: /v1/generate, OpenAI-compatible /v1/*, /metrics and a playground",
+        description="Serve a checkpoint with FastAPI + uvicorn. Binds 127.0.0.1 unless told otherwise. "
+        "Also speaks OpenAI's API: OpenAI(base_url='http://127.0.0.1:8000/v1', api_key=...).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_EXAMPLES,
     )
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder (e.g. out/best)")
+    _one_line_errors(p)
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder, or a train --out-dir (uses its best/)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_number(int, 0, 65535), default=8000, help="TCP port (0: any free port)")
     p.add_argument("--api-key", default=None,
                    help=f"require this key on every endpoint but /healthz (default: ${API_KEY_ENV} if set)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or mps")
-    p.add_argument("--max-new-tokens-limit", type=int, default=d.max_new_tokens_limit)
-    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
-    p.add_argument("--max-queue", type=int, default=d.max_queue, help="waiting requests before 503")
-    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size)
-    p.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms)
-    p.add_argument("--cache-size", type=int, default=d.cache_size)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+    p.add_argument("--max-new-tokens-limit", type=_number(int, *lim["max_new_tokens_limit"]),
+                   default=d.max_new_tokens_limit)
+    p.add_argument("--max-body-bytes", type=_number(int, *lim["max_body_bytes"]), default=d.max_body_bytes)
+    p.add_argument("--max-queue", type=_number(int, *lim["max_queue"]), default=d.max_queue,
+                   help="waiting requests before 503")
+    p.add_argument("--max-batch-size", type=_number(int, *lim["max_batch_size"]), default=d.max_batch_size)
+    p.add_argument("--batch-wait-ms", type=_number(float, *lim["batch_wait_ms"]), default=d.batch_wait_ms)
+    p.add_argument("--cache-size", type=_number(int, *lim["cache_size"]), default=d.cache_size)
     p.add_argument("--no-batching", action="store_true", help="decode one request at a time")
     p.add_argument("--no-cache", action="store_true", help="turn the response cache off")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=_number(int, 1, 1024), default=1,
                    help="torch intra-op threads for decoding (default 1; raise it for large models)")
-    p.add_argument("--log-level", default="warning")
+    p.add_argument("--read-timeout", type=_number(float, *lim["read_timeout_s"]), default=d.read_timeout_s,
+                   help="seconds a client has to send a whole request (default %(default)s)")
+    p.add_argument("--keep-alive", type=_number(float, *lim["keep_alive_s"]), default=d.keep_alive_s,
+                   help="seconds an idle keep-alive connection stays open (default %(default)s)")
+    p.add_argument("--max-connections", type=_number(int, *lim["max_connections"]), default=d.max_connections,
+                   help="open connections before new requests get 503 (default %(default)s)")
+    p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=_run_cli)
     return p
 

@@ -1,19 +1,28 @@
 """The HTTP API: ``create_app(model, tokenizer, settings)`` -> a FastAPI app.
 
-Endpoints: ``POST /v1/generate`` (JSON, or server-sent events with ``"stream": true``),
-``GET /v1/model``, ``GET /healthz``, ``GET /metrics`` (Prometheus) and ``GET /`` (the playground).
-Every error is JSON ``{"error": message, "status": code, "fields": {...}}`` where the message says
-what to change; nothing a client sends can stop the server.
+Endpoints: ``POST /v1/generate`` (JSON, or server-sent events with ``"stream": true`` ending in
+``data: [DONE]``), ``GET /v1/model``, ``GET /healthz``, ``GET /metrics`` (Prometheus), ``GET /`` (the
+playground), and the OpenAI-compatible ``/v1/models``, ``/v1/completions`` and ``/v1/chat/completions``
+(:mod:`minigpt.serve.openai_api`). Every error is JSON, ``{"error": message, "status": code, "fields":
+{...}}`` here and OpenAI's shape on the OpenAI paths, with a message that says what to change.
+
+Nothing a client sends can stop the server or make it answer 500: POST bodies must be
+``application/json`` (anything else is a 415, so a browser cannot send a cross-site request without a
+preflight), a body that does not parse is a 400, a value out of range a 422. Sampling is finite for any
+temperature > 0 and top_p > 0 (see :func:`minigpt.serve.engine.sample_row`). A client that leaves gets
+its job cancelled within a second and costs one rate-limited log line, not a traceback or a 500.
+``/healthz`` answers 503 when the model cannot generate (checked at start, and after a failed run).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import json
 import logging
+import os
 import time
 from collections.abc import MutableMapping
 from dataclasses import asdict, is_dataclass
@@ -23,10 +32,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import ServeSettings
-from .engine import BatchingEngine, Job, QueueFull, Sampling
+from .core import ClientGone, ErrorResponse, HTTPError, Runner, read_json
+from .engine import BatchingEngine, Sampling, probe_model
 from .metrics import ENDPOINTS, ServeMetrics
+from .openai_api import add_openai_routes, is_openai_path, openai_error
 
 __all__ = ["GenerateRequest", "create_app"]
 
@@ -104,18 +116,21 @@ class GenerateRequest(BaseModel):
         return v
 
 
-class HTTPError(Exception):
-    """An error with a status and a message for the client."""
-
-    def __init__(self, status: int, message: str, fields: dict[str, str] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.fields, self.headers = status, message, fields or {}, headers
-
-
 def _error(status: int, message: str, fields: dict[str, str] | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "status": status, "fields": fields or {}}, status, headers=headers)
+           headers: dict[str, str] | None = None, *, path: str = "", param: str | None = None,
+           code: str | None = None) -> JSONResponse:
+    """An error in the shape of the API the path belongs to (OpenAI's on the OpenAI paths)."""
+    if is_openai_path(path):
+        return openai_error(status, message, param if param is not None else next(iter(fields or {}), None),
+                            code, headers)
+    return ErrorResponse({"error": message, "status": status, "fields": fields or {}}, status, headers=headers)
+
+
+def _is_json(content_type: bytes | None) -> bool:
+    """True for ``application/json`` with or without parameters (``; charset=utf-8``)."""
+    if content_type is None:
+        return False
+    return content_type.split(b";", 1)[0].strip().lower() == b"application/json"
 
 
 def _explain(e: ValidationError) -> tuple[str, dict[str, str]]:
@@ -176,62 +191,44 @@ class _Gate:
             await send(message)
 
         headers = dict(scope.get("headers") or [])
-        try:
-            response = None
-            api_key = self.settings.api_key
-            if api_key is not None and path != "/healthz" and not self._authorised(headers, api_key):
-                extra = {"WWW-Authenticate": 'Basic realm="minigpt playground"'} if path == "/" else None
+        response = None
+        api_key = self.settings.api_key
+        if api_key is not None and path != "/healthz" and not self._authorised(headers, api_key):
+            extra = {"WWW-Authenticate": 'Basic realm="minigpt playground"'} if path == "/" else None
+            response = _error(
+                401, "missing or wrong API key: send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                headers=extra, path=path, code="invalid_api_key",
+            )
+        elif scope["method"] in ("POST", "PUT", "PATCH") and not _is_json(headers.get(b"content-type")):
+            given = headers.get(b"content-type", b"none").decode("latin-1")[:60]
+            response = _error(
+                415, f"the body must be JSON sent with 'Content-Type: application/json' (got {given!r})",
+                path=path, code="unsupported_media_type",
+            )
+        else:
+            length = headers.get(b"content-length", b"")
+            if length.isdigit() and (len(length) > 18 or int(length) > self.settings.max_body_bytes):
+                shown = int(length) if len(length) <= 18 else f"a {len(length)}-digit number of"
                 response = _error(
-                    401, "missing or wrong API key: send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
-                    headers=extra,
+                    413, f"request body is {shown} bytes; the limit is {self.settings.max_body_bytes}. "
+                    "Send a shorter prompt.", path=path, code="request_too_large",
                 )
-            else:
-                length = headers.get(b"content-length")
-                if length is not None and length.isdigit() and int(length) > self.settings.max_body_bytes:
-                    response = _error(
-                        413, f"request body is {int(length)} bytes; the limit is {self.settings.max_body_bytes}. "
-                        "Send a shorter prompt.",
-                    )
+        try:
             if response is not None:
                 await response(scope, receive, send_watch)
             else:
                 await self.app(scope, receive, send_watch)
-        finally:
+        except BaseException:
             if not counted:  # the app failed before it could answer
                 count(500)
+            raise
+        if not counted:  # the app returned without answering: the client had already left
+            count(499)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing more than ``limit`` bytes even when no Content-Length was sent (chunked)."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPError(413, f"request body is over the limit of {limit} bytes. Send a shorter prompt.")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _next_event(job: Job, request: Request) -> tuple | None:
-    """The job's next event, or None once the client has hung up (checked every 0.25 s)."""
-    if job.events is None:
-        raise RuntimeError("the job was submitted without an event queue")
-    getter = asyncio.ensure_future(job.events.get())
-    try:
-        while True:
-            done, _ = await asyncio.wait({getter}, timeout=0.25)
-            if done:
-                return getter.result()
-            if await request.is_disconnected():
-                return None
-    finally:
-        if not getter.done():
-            getter.cancel()
-
-
-def _sse(data: dict, event: str | None = None) -> str:
+def _sse(data: dict | str, event: str | None = None) -> str:
     head = f"event: {event}\n" if event else ""
-    return f"{head}data: {json.dumps(data)}\n\n"
+    return f"{head}data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
 def create_app(
@@ -254,6 +251,14 @@ def create_app(
     engine = BatchingEngine(model, tokenizer, settings, metrics)
     block_size = model.config.block_size
     vocab = list(tokenizer.chars) if hasattr(tokenizer, "chars") else None
+    runner = Runner(engine, tokenizer, block_size, metrics)
+    startup_problem = probe_model(model, int(tokenizer.vocab_size))
+    if startup_problem is not None:
+        log.error("minigpt serve: %s", startup_problem)
+
+    def health() -> str | None:
+        """Why the model cannot generate now (None when it can)."""
+        return startup_problem or engine.problem
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -263,23 +268,31 @@ def create_app(
 
     app = FastAPI(title="minigpt", version="1", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.engine, app.state.metrics, app.state.settings = engine, metrics, settings
+    app.state.runner, app.state.health = runner, health
 
     @app.exception_handler(HTTPError)
     async def _http_error(request: Request, e: HTTPError) -> JSONResponse:
-        return _error(e.status, e.message, e.fields, e.headers)
+        return _error(e.status, e.message, e.fields, e.headers, path=request.url.path, param=e.param, code=e.code)
+
+    @app.exception_handler(ClientGone)
+    async def _client_gone(request: Request, e: ClientGone) -> Response:
+        return Response(status_code=499)  # nobody reads it; the status is for the metrics
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _starlette_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        path = request.url.path
+        message = {404: f"no endpoint {path}; see /docs for the API",
+                   405: f"{request.method} is not allowed on {path}"}.get(e.status_code, str(e.detail))
+        return _error(e.status_code, message, path=path, headers=getattr(e, "headers", None),
+                      code="not_found" if e.status_code == 404 else None)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, e: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
-        return _error(500, f"internal error ({type(e).__name__}); the server is still running, see its log")
+        return _error(500, f"internal error ({type(e).__name__}); the server is still running, see its log",
+                      path=request.url.path)
 
-    def parse(body: bytes) -> GenerateRequest:
-        try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise HTTPError(422, f"the body is not valid JSON ({e}); send e.g. {{\"prompt\": \"ROMEO:\"}}") from e
-        if not isinstance(payload, dict):
-            raise HTTPError(422, "the body must be a JSON object such as {\"prompt\": \"ROMEO:\"}")
+    def parse(payload: dict[str, Any]) -> GenerateRequest:
         try:
             req = GenerateRequest.model_validate(payload)
         except ValidationError as e:
@@ -295,46 +308,18 @@ def create_app(
         req.max_new_tokens = n
         return req
 
-    def encode(prompt: str) -> list[int]:
-        if not prompt:
-            raise HTTPError(422, "prompt: is empty; give at least one character (e.g. a newline)",
-                            {"prompt": "is empty"})
-        try:
-            return list(tokenizer.encode(prompt))
-        except ValueError as e:  # UnknownCharacterError lists every unknown character
-            unknown = getattr(e, "unknown", None)
-            if unknown is not None:
-                shown = " ".join(repr(c) for c in unknown[:20])
-                msg = (f"prompt: contains {len(unknown)} character(s) this model does not know: {shown}. "
-                       "Remove or replace them (GET /v1/model lists the vocabulary).")
-            else:
-                msg = f"prompt: cannot be tokenized: {e}"
-            raise HTTPError(422, msg, {"prompt": msg.removeprefix("prompt: ")}) from e
-
     @app.post("/v1/generate", openapi_extra={"requestBody": {
         "required": True, "content": {"application/json": {"schema": GenerateRequest.model_json_schema()}}}})
     async def generate(request: Request) -> Response:
         """Continue a prompt; JSON by default, server-sent events with ``"stream": true``."""
         start = time.perf_counter()
-        req = parse(await _read_body(request, settings.max_body_bytes))
-        ids = encode(req.prompt)
+        req = parse(await read_json(request, settings.max_body_bytes, '{"prompt": "ROMEO:"}'))
+        ids = runner.encode(req.prompt)
+        if health() is not None:
+            raise HTTPError(503, f"the model cannot generate: {health()}")
         sampling = Sampling(req.temperature, req.top_k, req.top_p, req.greedy, None if req.greedy else req.seed)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
         assert req.max_new_tokens is not None  # parse() filled in the server's default
-        job = Job(ids=ids[-block_size:], max_new_tokens=req.max_new_tokens, sampling=sampling,
-                  stop=tuple(req.stop or ()), loop=loop, events=queue)
-        metrics.prompt_tokens.inc(len(ids))
-        if engine.lookup(job):
-            for i, tok in enumerate(job.out_ids):  # replay so streamed and plain answers look the same
-                queue.put_nowait(("token", tok, job.text if i == len(job.out_ids) - 1 else ""))
-            queue.put_nowait(("done", job.finish_reason))
-        else:
-            try:
-                engine.submit(job)
-            except QueueFull as e:
-                metrics.rejected.inc()
-                raise HTTPError(503, str(e), headers={"Retry-After": "1"}) from e
+        job = runner.start(ids, req.max_new_tokens, sampling, tuple(req.stop or ()))
 
         def summary() -> dict[str, Any]:
             seconds = time.perf_counter() - start
@@ -346,37 +331,20 @@ def create_app(
             }
 
         if not req.stream:
-            try:
-                while True:
-                    event = await _next_event(job, request)
-                    if event is None:  # nobody is waiting for the answer any more
-                        return Response(status_code=499)
-                    if event[0] == "error":
-                        raise HTTPError(500, event[1])
-                    if event[0] == "done":
-                        break
-            finally:  # the handler is cancelled when the client hangs up: free the slot
-                engine.cancel(job)
-                metrics.latency.labels(stream="false").observe(time.perf_counter() - start)
+            await runner.wait(job, request)
             return JSONResponse(summary())
 
         async def events():
-            try:
-                while True:
-                    event = await _next_event(job, request)
-                    if event is None:
-                        return
+            async with contextlib.aclosing(runner.follow(job, request, stream=True)) as job_events:
+                async for event in job_events:
                     if event[0] == "token":
                         yield _sse({"token": event[2], "id": event[1]})
                     elif event[0] == "done":
                         yield _sse(summary(), event="done")
-                        return
                     else:
                         yield _sse({"error": event[1], "status": 500}, event="error")
-                        return
-            finally:  # also runs when the client disconnects mid-stream
-                engine.cancel(job)
-                metrics.latency.labels(stream="true").observe(time.perf_counter() - start)
+                    if event[0] != "token":
+                        yield _sse("[DONE]")
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -396,7 +364,7 @@ def create_app(
             "vocab": vocab,
             "block_size": block_size,
             "device": str(engine.device),
-            "checkpoint": checkpoint_info,
+            "checkpoint": _public(checkpoint_info),
             "limits": {
                 "max_new_tokens": settings.max_new_tokens_limit,
                 "default_max_new_tokens": settings.default_max_new_tokens,
@@ -408,9 +376,14 @@ def create_app(
         }
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        """Liveness for load balancers: never needs the API key."""
-        return {"status": "ok", "queue_depth": engine.queue_depth, "active": engine.active}
+    async def healthz() -> JSONResponse:
+        """Liveness for load balancers (never needs the API key): 503 when the model cannot generate."""
+        problem = health()
+        body = {"status": "ok" if problem is None else "error", "queue_depth": engine.queue_depth,
+                "active": engine.active}
+        if problem is not None:
+            body["problem"] = problem
+        return JSONResponse(body, 200 if problem is None else 503)
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
@@ -423,5 +396,16 @@ def create_app(
     async def playground() -> HTMLResponse:
         return HTMLResponse(page)
 
+    add_openai_routes(app, runner, settings, health)
     app.add_middleware(_Gate, settings=settings, metrics=metrics)
     return app
+
+
+def _public(info: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Checkpoint info without absolute paths: a client learns the folder's name, not the server's disk."""
+    if info is None:
+        return None
+    out = dict(info)
+    if out.get("path") is not None:
+        out["path"] = os.path.basename(os.path.normpath(str(out["path"])))
+    return out

@@ -27,17 +27,24 @@ def free_port() -> int:
 
 
 class ThreadServer:
-    """``with ThreadServer(app) as url:`` serves ``app`` with uvicorn in a daemon thread."""
+    """``with ThreadServer(app) as url:`` serves ``app`` with uvicorn in a daemon thread.
+
+    The server is the one ``minigpt serve`` runs (:func:`minigpt.serve.server.build_server`), with the
+    limits of ``app.state.settings``.
+    """
 
     def __init__(self, app: Any, port: int | None = None, startup_timeout: float = 20.0) -> None:
-        import uvicorn
+        from . import ServeSettings
+        from .server import bind, build_server
 
-        self.port = port or free_port()
+        self.sock = bind("127.0.0.1", port or 0)
+        self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
+        settings = getattr(app.state, "settings", None) or ServeSettings()
+        self.server = build_server(app, settings)
         self.startup_timeout = startup_timeout
-        self.thread = threading.Thread(target=self.server.run, name="minigpt-uvicorn", daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       name="minigpt-uvicorn", daemon=True)
 
     def __enter__(self) -> str:
         self.thread.start()
@@ -51,6 +58,7 @@ class ThreadServer:
     def __exit__(self, *exc: Any) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        self.sock.close()
 
 
 class ServerProcess:

@@ -11,7 +11,14 @@ cannot share a pass without changing the answer; equal lengths keep every row ex
 be alone. Sampling is done row by row with each job's own settings and its own seeded generator, so
 a seeded request draws the same tokens whether it ran alone or in a batch. A row that ends (length,
 stop string, or its client went away) leaves the batch at once: its rows of the KV cache are dropped
-and the others continue.
+and the others continue. A cancelled job (its client left) is dropped between two tokens, so an
+abandoned request stops costing compute within one decoding step.
+
+Sampling at the edges (:func:`sample_row`): every temperature > 0 and top_p > 0 gives a finite
+distribution. When ``logits / temperature`` would overflow float32 (temperature 1e-300), the logits are
+shifted by their maximum first (softmax does not change), so the best token gets probability 1 as
+the limit temperature -> 0 says; top_p below ``MIN_TOP_P`` (1e-6) is raised to it, which keeps the most
+likely token only, exactly what any smaller positive top_p means for a vocabulary under a million.
 """
 
 from __future__ import annotations
@@ -33,9 +40,13 @@ from minigpt.model import LanguageModel
 from .cache import LRUCache
 from .metrics import ServeMetrics
 
-__all__ = ["Sampling", "Job", "QueueFull", "BatchingEngine"]
+__all__ = ["Sampling", "Job", "QueueFull", "BatchingEngine", "sample_row", "probe_model", "MIN_TOP_P"]
 
 log = logging.getLogger(__name__)
+
+
+MIN_TOP_P = 1e-6  # smaller top_p values keep the same single token and underflow float32 to 0
+_TINY = torch.finfo(torch.float32).tiny  # the smallest temperature float32 can divide by
 
 
 class QueueFull(RuntimeError):
@@ -93,6 +104,43 @@ class Job:
             self.cancelled.set()
 
 
+def sample_row(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None) -> torch.Tensor:
+    """:func:`minigpt.generation.sample_next` for one (1, V) row, finite for any temperature/top_p > 0.
+
+    Ordinary settings go straight to ``sample_next`` (same draws as the library for a given seed);
+    only the overflowing edge cases take the shifted path described in the module docstring.
+    """
+    if s.greedy:
+        return sample_next(logits, greedy=True)
+    top_p = None if s.top_p is None else max(s.top_p, MIN_TOP_P)
+    temperature = s.temperature
+    if not bool(torch.isfinite(logits.float() / temperature).all()):
+        logits = logits.float()
+        logits = logits - logits.amax(dim=-1, keepdim=True)  # best token at 0: (x - max) / t is finite or -inf
+        temperature = max(temperature, _TINY)
+    return sample_next(logits, temperature=temperature, top_k=s.top_k, top_p=top_p, generator=generator)
+
+
+def probe_model(model: torch.nn.Module, vocab_size: int) -> str | None:
+    """None when ``model`` can continue a text (one next-token pass gives finite logits), else why not."""
+    try:
+        device = next(model.parameters()).device
+        idx = torch.zeros((1, 1), dtype=torch.long, device=device)
+        if not isinstance(model, LanguageModel):
+            raise TypeError("it has no config.block_size (not a language model)")
+        with torch.no_grad():
+            logits = NextTokenLogits(model, use_cache=True)(idx, None)
+    except Exception as e:  # any failure here means every request would fail the same way
+        return (f"{type(model).__name__} cannot continue a text: a next-token pass failed "
+                f"({type(e).__name__}: {str(e)[:200]}); serve a decoder-only checkpoint (GPT)")
+    if tuple(logits.shape) != (1, vocab_size):
+        return (f"{type(model).__name__} gives next-token logits of shape {tuple(logits.shape)}, "
+                f"expected (1, {vocab_size}) for the tokenizer's vocabulary; the checkpoint does not match")
+    if not bool(torch.isfinite(logits).all()):
+        return f"{type(model).__name__} gives non-finite logits (NaN or inf weights?); the checkpoint is damaged"
+    return None
+
+
 class BatchingEngine:
     """A bounded queue of :class:`Job` and one worker thread that decodes them in batches."""
 
@@ -112,6 +160,7 @@ class BatchingEngine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.active = 0  # rows being decoded now
+        self.problem: str | None = None  # why the last decoding run failed (cleared by the next success)
 
     # --- life cycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -237,8 +286,10 @@ class BatchingEngine:
                 continue
             try:
                 self._decode(batch)
+                self.problem = None
             except Exception as e:  # a bug or an odd model must not kill the worker
                 log.exception("generation failed")
+                self.problem = f"generation failed: {type(e).__name__}: {str(e)[:200]}"
                 for job in batch:
                     if not job.done:
                         job.finish_reason = "error"
@@ -301,13 +352,7 @@ class BatchingEngine:
                     break
             logits = next_logits(idx, n_new)  # (B, V), the KV cache grows by one position per step
             nxt = torch.cat(
-                [
-                    sample_next(
-                        logits[i : i + 1], temperature=j.sampling.temperature, top_k=j.sampling.top_k,
-                        top_p=j.sampling.top_p, greedy=j.sampling.greedy, generator=j.generator,
-                    )
-                    for i, j in enumerate(rows)
-                ]
+                [sample_row(logits[i : i + 1], j.sampling, j.generator) for i, j in enumerate(rows)]
             )  # (B, 1)
             idx = torch.cat([idx, nxt], dim=1)  # (B, T + 1)
             n_new = 1

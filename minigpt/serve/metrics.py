@@ -4,7 +4,8 @@ from __future__ import annotations
 
 __all__ = ["ServeMetrics", "ENDPOINTS"]
 
-ENDPOINTS = ("/", "/v1/generate", "/v1/model", "/healthz", "/metrics")
+ENDPOINTS = ("/", "/v1/generate", "/v1/model", "/healthz", "/metrics", "/v1/models", "/v1/completions",
+             "/v1/chat/completions")
 # Latency buckets from 5 ms (a cache hit) to a minute (a long CPU generation under load).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
