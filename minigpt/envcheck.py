@@ -28,7 +28,6 @@ TESTED: dict[str, tuple[tuple[int, ...], tuple[int, ...] | None]] = {
 OTHER_PACKAGES: dict[str, str] = {
     "numpy": "numpy>=1.26",
     "matplotlib": "matplotlib>=3.8",
-    "seaborn": "seaborn>=0.13",
     "tqdm": "tqdm>=4.66",
     "datasets": "datasets>=3",
     "tokenizers": "tokenizers>=0.20",

@@ -91,6 +91,9 @@ def settings_from_args(args: argparse.Namespace, model_name: str = "minigpt") ->
 
 
 def _run_cli(args: argparse.Namespace) -> int:
+    from minigpt._extras import require_installed
+
+    require_installed("fastapi", "uvicorn", "pydantic", "prometheus_client", feature="minigpt serve")
     import torch
     import uvicorn
 
