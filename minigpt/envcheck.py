@@ -161,7 +161,7 @@ def check_environment(verbose: bool = True) -> dict:
         problem(
             f"Python {report['python']} is older than the tested {want}+",
             f"install Python {want} or newer, then recreate the environment: "
-            f"python{want} -m venv .venv && .venv/bin/pip install -e .",
+            f"python{want} -m venv .venv && .venv/bin/pip install -e \".[all]\"",
         )
     for pkg in ("torch", "transformers"):
         lower, upper = TESTED[pkg]
@@ -221,7 +221,7 @@ def colab_setup(repo_url: str | None = None, ref: str | None = None) -> bool:
             "(colab.research.google.com/github/<owner>/<repo>/...), then run this cell again."
         )
         return False
-    target = f"minigpt @ git+{url}" + (f"@{ref}" if ref else "")
+    target = f"minigpt-course[notebooks] @ git+{url}"  # the import name is minigpt + (f"@{ref}" if ref else "")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", target], check=True)
     return True
 
@@ -233,7 +233,7 @@ import os, subprocess, sys
 MINIGPT_REPO_URL = os.environ.get("MINIGPT_REPO_URL", "")  # forks: "https://github.com/<owner>/<repo>"
 if "google.colab" in sys.modules:
     if MINIGPT_REPO_URL:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"minigpt @ git+{MINIGPT_REPO_URL}"], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"minigpt-course[notebooks] @ git+{MINIGPT_REPO_URL}"], check=True)
     else:
         print('Set the course repository first: os.environ["MINIGPT_REPO_URL"] = "https://github.com/<owner>/<repo>"')
 '''

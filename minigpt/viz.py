@@ -43,7 +43,7 @@ def pyplot() -> Any:
     """``matplotlib.pyplot``, switched to the Agg backend first when there is no display."""
     from ._extras import require
 
-    matplotlib = require("matplotlib", feature="minigpt's plots")
+    matplotlib = require("matplotlib", feature="plotting (minigpt.viz)")
 
     if "matplotlib.pyplot" not in sys.modules and not _has_display() and "MPLBACKEND" not in os.environ:
         matplotlib.use("Agg")

@@ -263,3 +263,14 @@ def test_core_install_trains_and_generates(tmp_path):
     r = run("serve", "--checkpoint", str(tmp_path / "char" / "ckpt"))
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stderr == "minigpt serve needs the [serve] extra: pip install 'minigpt-course[serve]'\n"
+
+
+def test_colab_installs_the_distribution_with_the_notebooks_extra():
+    """pip refuses `minigpt @ git+...` now that the metadata says minigpt-course; every first cell must agree."""
+    import json
+
+    assert f'"{DISTRIBUTION}[notebooks] @ git+' in envcheck.COLAB_CELL.replace("f\"", "\"")
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        colab = ["".join(c["source"]) for c in cells if c["cell_type"] == "code" and "google.colab" in "".join(c["source"])]
+        assert [c.strip() for c in colab] == [envcheck.COLAB_CELL.strip()], f"{nb.name}: its Colab cell is not COLAB_CELL"
