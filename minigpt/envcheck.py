@@ -233,7 +233,8 @@ import os, subprocess, sys
 MINIGPT_REPO_URL = os.environ.get("MINIGPT_REPO_URL", "")  # forks: "https://github.com/<owner>/<repo>"
 if "google.colab" in sys.modules:
     if MINIGPT_REPO_URL:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"minigpt-course[notebooks] @ git+{MINIGPT_REPO_URL}"], check=True)
+        target = f"minigpt-course[notebooks] @ git+{MINIGPT_REPO_URL}"  # the import name stays minigpt
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", target], check=True)
     else:
         print('Set the course repository first: os.environ["MINIGPT_REPO_URL"] = "https://github.com/<owner>/<repo>"')
 '''
