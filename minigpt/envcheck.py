@@ -221,7 +221,7 @@ def colab_setup(repo_url: str | None = None, ref: str | None = None) -> bool:
             "(colab.research.google.com/github/<owner>/<repo>/...), then run this cell again."
         )
         return False
-    target = f"minigpt-course[notebooks] @ git+{url}"  # the import name is minigpt + (f"@{ref}" if ref else "")
+    target = f"minigpt-course[notebooks] @ git+{url}" + (f"@{ref}" if ref else "")  # imported as minigpt
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", target], check=True)
     return True
 
