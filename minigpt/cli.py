@@ -697,6 +697,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"minigpt {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except ImportError as e:  # an optional dependency: one line naming the extra that installs it
+        from ._extras import MissingExtraError, missing_extra
+
+        err = missing_extra(e, f"minigpt {args.command}")
+        if err is None or os.environ.get("MINIGPT_DEBUG"):
+            raise
+        print(MissingExtraError(f"minigpt {args.command}", err.extra, err.name or ""), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

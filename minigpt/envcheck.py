@@ -28,7 +28,6 @@ TESTED: dict[str, tuple[tuple[int, ...], tuple[int, ...] | None]] = {
 OTHER_PACKAGES: dict[str, str] = {
     "numpy": "numpy>=1.26",
     "matplotlib": "matplotlib>=3.8",
-    "seaborn": "seaborn>=0.13",
     "tqdm": "tqdm>=4.66",
     "datasets": "datasets>=3",
     "tokenizers": "tokenizers>=0.20",
@@ -162,7 +161,7 @@ def check_environment(verbose: bool = True) -> dict:
         problem(
             f"Python {report['python']} is older than the tested {want}+",
             f"install Python {want} or newer, then recreate the environment: "
-            f"python{want} -m venv .venv && .venv/bin/pip install -e .",
+            f"python{want} -m venv .venv && .venv/bin/pip install -e \".[all]\"",
         )
     for pkg in ("torch", "transformers"):
         lower, upper = TESTED[pkg]
@@ -222,7 +221,7 @@ def colab_setup(repo_url: str | None = None, ref: str | None = None) -> bool:
             "(colab.research.google.com/github/<owner>/<repo>/...), then run this cell again."
         )
         return False
-    target = f"minigpt @ git+{url}" + (f"@{ref}" if ref else "")
+    target = f"minigpt-course[notebooks] @ git+{url}" + (f"@{ref}" if ref else "")  # imported as minigpt
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", target], check=True)
     return True
 
@@ -234,7 +233,8 @@ import os, subprocess, sys
 MINIGPT_REPO_URL = os.environ.get("MINIGPT_REPO_URL", "")  # forks: "https://github.com/<owner>/<repo>"
 if "google.colab" in sys.modules:
     if MINIGPT_REPO_URL:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"minigpt @ git+{MINIGPT_REPO_URL}"], check=True)
+        target = f"minigpt-course[notebooks] @ git+{MINIGPT_REPO_URL}"  # the import name stays minigpt
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", target], check=True)
     else:
         print('Set the course repository first: os.environ["MINIGPT_REPO_URL"] = "https://github.com/<owner>/<repo>"')
 '''

@@ -29,7 +29,10 @@ from typing import Any
 
 import torch
 
+from ._extras import require_installed
 from .model import GPT, GPTConfig, count_parameters
+
+require_installed("transformers", feature="minigpt.hf")  # without importing it: that takes seconds
 
 __all__ = [
     "CONV1D_WEIGHTS",

@@ -15,6 +15,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ._extras import require_installed
+
+require_installed("datasets", feature="minigpt.hf_data")
+
 __all__ = ["group_texts", "load_text_splits", "lm_datasets", "tokenize_splits"]
 
 

@@ -41,7 +41,9 @@ def _has_display() -> bool:
 
 def pyplot() -> Any:
     """``matplotlib.pyplot``, switched to the Agg backend first when there is no display."""
-    import matplotlib
+    from ._extras import require
+
+    matplotlib = require("matplotlib", feature="plotting (minigpt.viz)")
 
     if "matplotlib.pyplot" not in sys.modules and not _has_display() and "MPLBACKEND" not in os.environ:
         matplotlib.use("Agg")

@@ -180,8 +180,8 @@ def test_colab_setup_installs_from_the_given_repo(monkeypatch):
     assert envcheck.colab_setup(ref="v1") is True
     exec(envcheck.COLAB_CELL, {})
     cmds = [a[0] for a, _ in calls]
-    assert cmds[0] == [sys.executable, "-m", "pip", "install", "-q", f"minigpt @ git+{url}"]
-    assert cmds[1][-1] == f"minigpt @ git+{url}@v1"
+    assert cmds[0] == [sys.executable, "-m", "pip", "install", "-q", f"minigpt-course[notebooks] @ git+{url}"]
+    assert cmds[1][-1] == f"minigpt-course[notebooks] @ git+{url}@v1"
     assert cmds[2] == cmds[0]  # the first-cell text does what colab_setup does
     assert all(k == {"check": True} for _, k in calls)
 

@@ -164,6 +164,9 @@ def _resolve_checkpoint(path: str) -> str:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
+    from minigpt._extras import require_installed
+
+    require_installed("fastapi", "uvicorn", "pydantic", "prometheus_client", feature="minigpt serve")
     try:
         _check_options(args)
     except _OptionError as e:
