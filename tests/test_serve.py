@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install "minigpt-course[serve]")")
+pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'minigpt-course[serve]')")
 import httpx  # noqa: E402
 import torch  # noqa: E402
 from _serve_helpers import slow_model, tiny_model, wait_until  # noqa: E402

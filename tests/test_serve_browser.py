@@ -33,7 +33,7 @@ def _chromium() -> str | None:
 
 
 CHROMIUM = _chromium()
-pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install "minigpt-course[serve]")")
+pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'minigpt-course[serve]')")
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="no chromium binary found (apt-get install -y chromium, or set MINIGPT_CHROMIUM)"

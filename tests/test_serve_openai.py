@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install "minigpt-course[serve]")")
+pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'minigpt-course[serve]')")
 openai = pytest.importorskip("openai", reason="the openai client is not installed (pip install openai)")
 import httpx  # noqa: E402
 import torch  # noqa: E402
