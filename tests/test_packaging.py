@@ -258,7 +258,7 @@ def test_core_install_trains_and_generates(tmp_path):
         out = tmp_path / tok
         r = run("train", "--data-file", str(text), "--out-dir", str(out), "--tokenizer", tok, *tiny)
         assert r.returncode == 0 and "leaked: []" in r.stdout, r.stdout + r.stderr
-        r = run("generate", "--checkpoint", str(out / "ckpt"), "--prompt", "To be", "--max-new-tokens", "5")
+        r = run("generate", "--checkpoint", str(out / "ckpt"), "--prompt", "To be", "--length", "5")
         assert r.returncode == 0 and "leaked: []" in r.stdout, r.stdout + r.stderr
     r = run("serve", "--checkpoint", str(tmp_path / "char" / "ckpt"))
     assert r.returncode == 2, r.stdout + r.stderr
