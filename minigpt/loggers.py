@@ -24,7 +24,7 @@ __all__ = ["LOGGERS", "CSVLogger", "LoggerCallback", "MissingLoggerError", "RunL
 LOGGERS = ("csv", "tensorboard", "wandb")
 # History columns -> scalar names, per kind of row
 _STEP_SCALARS = {"train_loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm",
-                 "tokens_per_s": "train/tokens_per_s"}
+                 "tokens_per_s": "train/tokens_per_s", "tokens_seen": "train/tokens_seen"}
 _EVAL_SCALARS = {"train_loss": "eval/train_loss", "val_loss": "eval/val_loss", "val_ppl": "eval/val_ppl"}
 
 
@@ -38,8 +38,6 @@ def scalars(row: dict[str, Any]) -> dict[str, float]:
     """The numbers of one History row under their logger names ("train/loss", "eval/val_loss", ...)."""
     names = _EVAL_SCALARS if row.get("event") == "eval" else _STEP_SCALARS if row.get("event") == "step" else {}
     out = {name: float(row[col]) for col, name in names.items() if row.get(col) is not None}
-    if row.get("tokens_seen") is not None and names:
-        out["tokens_seen"] = float(row["tokens_seen"])
     return out
 
 

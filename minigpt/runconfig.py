@@ -161,10 +161,7 @@ def resolved_config(args: argparse.Namespace, train_config: Any, model: Any, blo
             out.pop(key, None)
             continue
         field = "hidden" if args.model_type == "mlp" and key == "d_ff" else key
-        value = getattr(config, field, None)
-        if key == "d_ff" and value is None and hasattr(config, "n_embd"):
-            value = 4 * config.n_embd  # GPTConfig's default
-        out[key] = value
+        out[key] = getattr(config, field, None)  # d_ff None (= 4 * n_embd) stays out, as typed
     return {k: v for k, v in out.items() if v is not None}
 
 
