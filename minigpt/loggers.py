@@ -18,8 +18,8 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["LOGGERS", "CSVLogger", "LoggerCallback", "MissingLoggerError", "RunLogger", "TensorBoardLogger", "WandbLogger",
-           "make_logger"]
+__all__ = ["LOGGERS", "CSVLogger", "LoggerCallback", "MissingLoggerError", "RunLogger", "TensorBoardLogger",
+           "WandbLogger", "make_logger"]
 
 LOGGERS = ("csv", "tensorboard", "wandb")
 # History columns -> scalar names, per kind of row
@@ -81,8 +81,9 @@ class WandbLogger:
         if dir is not None:
             Path(dir).mkdir(parents=True, exist_ok=True)
         self.wandb = wandb
+        chosen: Any = mode or os.environ.get("WANDB_MODE") or None  # "online", "offline" or "disabled"
         self.run = wandb.init(project=project, config=config or {}, dir=None if dir is None else str(dir),
-                              mode=mode or os.environ.get("WANDB_MODE") or None)
+                              mode=chosen)
 
     def log_row(self, row: dict[str, Any]) -> None:
         values: dict[str, Any] = dict(scalars(row))
