@@ -27,7 +27,9 @@ __all__ = ["CONFIG_NAME", "ConfigFileParser", "load_config", "resolved_config", 
 
 CONFIG_NAME = "run.toml"  # the resolved config in the output folder
 # dests that are not run settings: never read from a file, never written
-_NOT_SETTINGS = {"help", "config", "func", "command", "_parser", "resume"}
+_NOT_SETTINGS = {"help", "config", "func", "command", "_parser"}
+# read from a file, but not written to run.toml: re-running a config starts the run again
+_NOT_WRITTEN = {"resume", "epochs"}  # epochs became max_iters
 # flags whose TrainConfig field has another name
 _TRAIN_FIELD = {"patience": "early_stopping_patience", "max_time": "max_time_s"}
 
@@ -143,7 +145,7 @@ def resolved_config(args: argparse.Namespace, train_config: Any, model: Any, blo
     Model sizes come from the built model, step counts from the planned TrainConfig (so a run
     planned from `--epochs` or a time budget re-runs with the same `max_iters`).
     """
-    skip = _NOT_SETTINGS | {"epochs"}  # epochs became max_iters
+    skip = _NOT_SETTINGS | _NOT_WRITTEN
     out = {k: v for k, v in vars(args).items() if k not in skip and not k.startswith("_")}
     train = train_config.to_dict()
     for key in list(out):

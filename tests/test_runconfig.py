@@ -52,11 +52,12 @@ def text_file(tmp_path) -> Path:
 
 
 def test_toml_and_yaml_give_the_flags_values(tmp_path):
-    (tmp_path / "a.toml").write_text('batch_size = 3\nlr = 2e-3\nposition = "learned"\ncompile = true\n')
-    (tmp_path / "a.yaml").write_text("batch-size: 3\nlr: 2.0e-3\nposition: learned\ncompile: true\n")
-    for name in ("a.toml", "a.yaml"):
+    (tmp_path / "a.toml").write_text('batch_size = 3\nlr = 2e-3\nposition = "learned"\nresume = true\n')
+    # YAML 1.1 reads 1e-3 as text; the flag's own type turns it into a number
+    (tmp_path / "a.yaml").write_text("batch-size: 3\nlr: 1e-3\nposition: learned\nresume: true\n")
+    for name, lr in (("a.toml", 2e-3), ("a.yaml", 1e-3)):
         args = parse("--config", str(tmp_path / name))
-        assert (args.batch_size, args.lr, args.position, args.compile) == (3, 2e-3, "learned", True)
+        assert (args.batch_size, args.lr, args.position, args.resume) == (3, lr, "learned", True)
         assert args.n_layer is None and args.logger == "csv"  # untouched flags keep their defaults
 
 
