@@ -69,6 +69,7 @@ def _checked(parse: Any, ok: Any, rule: str, kind: str) -> Any:
 _positive_int = _checked(int, lambda v: v >= 1, ">= 1", "a whole number")
 _non_negative_int = _checked(int, lambda v: v >= 0, ">= 0", "a whole number")
 _positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "a number > 0", "a number")
+_non_negative_float = _checked(float, lambda v: v >= 0 and math.isfinite(v), "a number >= 0", "a number")
 _fraction = _checked(float, lambda v: 0.0 <= v < 1.0, "in [0, 1)", "a number")
 
 
@@ -120,8 +121,11 @@ examples:
   minigpt train --model-type mlp --epochs 1              # the no-attention baseline
   minigpt train --data-file my_text.txt --out-dir out/mine
   minigpt train --out-dir out/demo --resume --max-iters 5000   # continue a run
+  minigpt train --config examples/shakespeare.toml --max-iters 100   # a config file; flags override
+  minigpt train --config out/demo/run.toml               # re-run a finished run
 
-Outputs in --out-dir: ckpt/ (latest, resumable), best/ (lowest val loss), history.csv/json.
+Outputs in --out-dir: ckpt/ (latest, resumable), best/ (lowest val loss), history.csv/json,
+run.toml (every setting of the run).
 """
 
 _GENERATE_EPILOG = """\
@@ -211,7 +215,20 @@ def _add_output_flags(g: Any) -> None:
     g.add_argument("--resume", action="store_true", help="continue from --out-dir/ckpt if it exists")
     g.add_argument("--sample-length", type=_non_negative_int, default=300,
                    help="characters of the sample printed at the end (0 = none)")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--quiet", action="store_true", help="no progress bar or step lines (evaluation lines stay)")
+    _add_config_flags(g)
+
+
+def _add_config_flags(g: Any) -> None:
+    from .loggers import LOGGERS
+
+    g.add_argument("--config", metavar="FILE", help="a .toml or .yaml file of these settings (keys: the flag "
+                   "names, e.g. batch_size); flags on the command line override it")
+    g.add_argument("--logger", choices=LOGGERS, default="csv", help="where the history goes besides "
+                   "history.csv/json: tensorboard (out-dir/tensorboard) or wandb (default: csv only)")
+    g.add_argument("--progress-interval", type=_non_negative_float, metavar="SECONDS",
+                   help="seconds between progress lines when stderr is not a terminal "
+                   "(default: $MINIGPT_PROGRESS_INTERVAL or 10)")
 
 
 def _add_generate_parser(sub: Any) -> None:
@@ -264,7 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"minigpt {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    from .runconfig import ConfigFileParser
+
+    # ConfigFileParser: `minigpt train --config FILE` reads defaults from the file while parsing
+    sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=ConfigFileParser)
     _add_train_parser(sub)
     _add_generate_parser(sub)
     _add_plugins(sub)
@@ -320,7 +340,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
              "eval_iters": "eval_iters", "patience": "early_stopping_patience", "seed": "seed",
              "dtype": "dtype", "max_time": "max_time_s", "optimizer": "optimizer"}
     out = {field_name: getattr(args, flag) for flag, field_name in names.items() if getattr(args, flag) is not None}
-    out.update(out_dir=args.out_dir, device=args.device, progress=not args.quiet)
+    out.update(out_dir=args.out_dir, device=args.device)  # --quiet: see _attach_logging
     if args.compile:
         out["compile"] = True
     return out
@@ -330,6 +350,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import latest_checkpoint
     from .data import train_val_split
     from .presets import get_preset
+    from .runconfig import resolved_config
     from .train import Trainer, TrainingDiverged, lm_batches, plan_run
 
     if args.epochs is not None and args.max_iters is not None:
@@ -361,8 +382,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     budget = f", at most {config.max_time_s:g} s" if config.max_time_s else ""
     _say(f"training: {config.max_iters} steps of {config.batch_size}x{block_size} tokens, lr {config.lr:g}{budget}")
     metadata = {"preset": args.preset, "data": source, "command": "minigpt " + shlex.join(sys.argv[1:])}
+    run_config = resolved_config(args, config, model, block_size)
+    metadata["run_config"] = run_config  # meta.json; also out_dir/run.toml, which --config re-runs
     trainer = Trainer(model, get_batch, config, tokenizer=tokenizer, resume=args.resume, metadata=metadata)
     _say(f"device: {trainer.device}, dtype: {trainer.dtype or 'float32'}, out dir: {args.out_dir}")
+    _attach_logging(trainer, args, run_config)
     t0 = time.perf_counter()
     try:
         history = trainer.fit()
@@ -374,6 +398,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     if trainer.is_main:
         _report(trainer, history, time.perf_counter() - t0, args.sample_length)
     return 130 if history.status == "interrupted" else 0
+
+
+def _attach_logging(trainer: Any, args: argparse.Namespace, run_config: dict[str, Any]) -> None:
+    """run.toml, the progress display (--quiet, --progress-interval) and the --logger callback."""
+    from .history import ProgressLog
+    from .loggers import LoggerCallback, make_logger
+    from .runconfig import write_config
+
+    trainer.progress = ProgressLog(trainer.is_main, steps=not args.quiet, interval=args.progress_interval)
+    if not trainer.is_main:
+        return
+    if args.out_dir:
+        write_config(args.out_dir, run_config)
+    if args.logger != "csv":
+        trainer.callback = LoggerCallback(make_logger(args.logger, args.out_dir, run_config))
 
 
 def _encode(tokenizer: Any, text: str) -> Any:

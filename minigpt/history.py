@@ -130,24 +130,61 @@ class History:
 
 
 class ProgressLog:
-    """A tqdm bar and evaluation lines on the main rank (`enabled`), plus `logging` everywhere.
+    """What the person watching sees (main rank, `enabled`), plus `logging` everywhere.
+
+    Per-step progress (`steps=True`) is a tqdm bar when stderr is a terminal or a notebook; when
+    it is not (a log file, CI, a pipe) it is one plain line every `interval` seconds instead, so logs
+    hold no carriage returns. `TQDM_DISABLE=1` turns the bar into those plain lines too.
+    `steps=False` (the CLI's --quiet) shows no per-step progress but keeps the evaluation lines.
+    `interval` None reads MINIGPT_PROGRESS_INTERVAL (seconds), default 10.
 
     `throughput(tokens_seen)` is the tokens/s since the previous call, for the history rows.
     """
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, *, steps: bool = True, interval: float | None = None,
+                 stream: Any = None) -> None:
         self.enabled = enabled
+        self.steps = steps
+        self.interval = _interval(interval)
+        self.stream = stream  # None = sys.stderr at the time of writing
         self._bar: Any = None
+        self._plain = False  # plain lines instead of a bar
         self._t, self._tokens = time.perf_counter(), 0
+        self._step = self._total = 0
+        self._postfix = ""
+        self._t_line = self._t_start = time.perf_counter()
+        self._step_line = -1
+
+    def _stream(self) -> Any:
+        import sys
+
+        return self.stream if self.stream is not None else sys.stderr
 
     def open(self, total: int, initial: int, tokens_seen: int) -> None:
-        from tqdm.auto import tqdm
-
-        self._bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True, disable=not self.enabled)
         self._t, self._tokens = time.perf_counter(), tokens_seen
+        self._step, self._total = initial, total
+        self._t_line = self._t_start = time.perf_counter()
+        self._step_line = initial
+        show = self.enabled and self.steps
+        if show and _wants_bar(self._stream()):
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True, file=self.stream)
+        self._plain = show and self._bar is None
 
     def advance(self) -> None:
-        self._bar.update(1)
+        self._step += 1
+        if self._bar is not None:
+            self._bar.update(1)
+        elif self._plain and time.perf_counter() - self._t_line >= self.interval:
+            self._line()
+
+    def _line(self) -> None:
+        now = time.perf_counter()
+        pct = f" ({100 * self._step / self._total:.0f}%)" if self._total else ""
+        text = f"train: step {self._step}/{self._total}{pct}{self._postfix}, {now - self._t_start:.0f} s"
+        print(text, file=self._stream(), flush=True)
+        self._t_line, self._step_line = now, self._step
 
     def throughput(self, tokens_seen: int) -> float:
         now = time.perf_counter()
@@ -156,15 +193,51 @@ class ProgressLog:
         return tps
 
     def show(self, loss: float, lr: float, tokens_per_s: float) -> None:
-        self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+        self._postfix = f", loss {loss:.4f}, lr {lr:.2e}, {tokens_per_s:,.0f} tok/s"
 
     def say(self, text: str) -> None:
         log.info(text)
-        if self.enabled:
+        if not self.enabled:
+            return
+        if self._bar is not None:
             from tqdm.auto import tqdm
 
             tqdm.write(text)
+        else:
+            print(text, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+            self._bar = None
+        elif self._plain and self._step != self._step_line:
+            self._line()  # where the run ended
+        self._plain = False
+
+
+def _interval(seconds: float | None) -> float:
+    if seconds is None:
+        text = os.environ.get("MINIGPT_PROGRESS_INTERVAL", "10")
+        try:
+            seconds = float(text)
+        except ValueError:
+            raise ValueError(f"MINIGPT_PROGRESS_INTERVAL must be a number of seconds, got {text!r}") from None
+    if not seconds >= 0:
+        raise ValueError(f"the progress interval must be >= 0 seconds, got {seconds}")
+    return float(seconds)
+
+
+def _wants_bar(stream: Any) -> bool:
+    """A tqdm bar for a terminal or a Jupyter kernel's stream (which renders carriage returns),
+    unless TQDM_DISABLE is set."""
+    if os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false"):
+        return False
+    if type(stream).__module__.startswith("ipykernel"):
+        return True
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False

@@ -1,6 +1,6 @@
 """Every `minigpt ...` command line in the code blocks of README.md and QUICK_REFERENCE.md runs and exits 0.
 
-Each document runs in its own temporary folder laid out like a checkout (a `notebooks` link,
+Each document runs in its own temporary folder laid out like a checkout (`notebooks` and `examples` links,
 `my_text.txt`, `prompts.txt`) where `minigpt train` has been run once (so `out/` exists, as the
 quick reference assumes); its commands then run in document order (README's train lines make the
 `out/demo` that its later lines read), through `minigpt.cli.main` in this process. What is changed so the
@@ -103,6 +103,7 @@ def adapt(argv: list[str]) -> tuple[list[str], str | None]:
 @pytest.fixture
 def workspace(tmp_path, monkeypatch) -> Path:
     (tmp_path / "notebooks").symlink_to(ROOT / "notebooks", target_is_directory=True)
+    (tmp_path / "examples").symlink_to(ROOT / "examples", target_is_directory=True)
     (tmp_path / "my_text.txt").write_text(TEXT[: len(TEXT) // 2], encoding="utf-8")
     (tmp_path / "prompts.txt").write_text("ROMEO:\nJULIET:\n", encoding="utf-8")
     monkeypatch.chdir(tmp_path)
