@@ -44,6 +44,9 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "ipywidgets": "notebooks",
     "sacrebleu": "notebooks",
     "rouge_score": "notebooks",
+    "tensorboard": "logging",
+    "wandb": "logging",
+    "yaml": "logging",
 }
 
 
