@@ -210,14 +210,14 @@ def test_python_api_without_the_hf_extra(monkeypatch):
     hint = r"^minigpt.hf needs the \[hf\] extra: pip install 'minigpt-course\[hf\]'$"
     with pytest.raises(MissingExtraError, match=hint):
         importlib.import_module("minigpt.hf")
-    from minigpt import GPT
-
-    with pytest.raises(MissingExtraError, match=r"\[hf\]"):
-        GPT.from_pretrained("gpt2")
-    monkeypatch.setitem(sys.modules, "datasets", None)
+    monkeypatch.delitem(sys.modules, "minigpt.hf.data", raising=False)
     monkeypatch.delitem(sys.modules, "minigpt.hf_data", raising=False)
+    monkeypatch.setitem(sys.modules, "transformers", importlib.import_module("types").ModuleType("transformers"))
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(MissingExtraError, match=r"^minigpt.hf.data needs the \[hf\] extra"):
+        importlib.import_module("minigpt.hf.data")
     with pytest.raises(MissingExtraError, match=r"\[hf\]"):
-        importlib.import_module("minigpt.hf_data")
+        importlib.import_module("minigpt.hf_data")  # the old path, kept for notebook 08
 
 
 def test_plots_without_the_viz_extra(monkeypatch):

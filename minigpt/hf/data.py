@@ -15,9 +15,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ._extras import require_installed
+from .._extras import require_installed
 
-require_installed("datasets", feature="minigpt.hf_data")
+require_installed("datasets", feature="minigpt.hf.data")
 
 __all__ = ["group_texts", "load_text_splits", "lm_datasets", "tokenize_splits"]
 
@@ -55,7 +55,7 @@ def load_text_splits(
     """
     from datasets import DatasetDict, load_dataset
 
-    from .data import SHAKESPEARE_FILENAME, default_data_dir, load_shakespeare
+    from ..data import SHAKESPEARE_FILENAME, default_data_dir, load_shakespeare
 
     if path is None:
         load_shakespeare()  # makes sure the file is there and intact
