@@ -19,6 +19,9 @@ from typing import Any
 
 import torch
 
+from ._extras import require
+from .analysis import Attention, attention_rollout, capture_attention
+
 __all__ = [
     "pyplot",
     "plot_head",
@@ -41,8 +44,6 @@ def _has_display() -> bool:
 
 def pyplot() -> Any:
     """``matplotlib.pyplot``, switched to the Agg backend first when there is no display."""
-    from ._extras import require
-
     matplotlib = require("matplotlib", feature="plotting (minigpt.viz)")
 
     if "matplotlib.pyplot" not in sys.modules and not _has_display() and "MPLBACKEND" not in os.environ:
@@ -53,8 +54,6 @@ def pyplot() -> Any:
 
 
 def _tokens_and_map(attn: Any, tokens: Sequence[str] | None, layer: int | None, head: int | None):
-    from .analysis import Attention
-
     if isinstance(attn, Attention):
         layer = attn.n_layer - 1 if layer is None else layer
         return attn.head(layer, head), list(tokens or attn.tokens), layer
@@ -133,8 +132,6 @@ def plot_layer_heads(
     save: str | os.PathLike | None = None,
 ) -> Any:
     """Every head of one layer side by side (shared colour scale 0..1), to compare their patterns."""
-    from .analysis import Attention
-
     if isinstance(attn, Attention):
         layer = attn.n_layer - 1 if layer is None else layer
         maps = attn.weights[layer]
@@ -174,8 +171,6 @@ def plot_rollout(
     save: str | os.PathLike | None = None,
 ) -> Any:
     """Heatmap of the attention rollout (Abnar & Zuidema, 2020) through all layers."""
-    from .analysis import Attention, attention_rollout
-
     if isinstance(attn, Attention):
         tokens = list(tokens or attn.tokens)
         n_layer = attn.n_layer
@@ -268,8 +263,6 @@ def interactive_attention(
     chosen ``layer``/``head`` so the same call gives a picture everywhere. Returns the widget or
     the Figure.
     """
-    from .analysis import capture_attention
-
     use_widgets = _widgets_available() if interactive is None else interactive
     attn = capture_attention(model, text, tokenizer)
     if not use_widgets:

@@ -10,8 +10,6 @@ from minigpt import GPT, CharTokenizer, GPTConfig
 from minigpt.analysis import (
     Attention,
     AttentionUnavailableError,
-    add_cli,
-    analyze_attention,
     attention_rollout,
     capture_attention,
     classify_heads,
@@ -28,6 +26,7 @@ from minigpt.analysis import (
     top_attended,
     top_attended_pairs,
 )
+from minigpt.tools.attention_report import add_cli, analyze_attention
 
 T = 8
 
