@@ -53,7 +53,7 @@ def pyplot() -> Any:
     return plt
 
 
-def _tokens_and_map(attn: Any, tokens: Sequence[str] | None, layer: int | None, head: int | None):
+def _tokens_and_map(attn: Attention | torch.Tensor, tokens: Sequence[str] | None, layer: int | None, head: int | None):
     if isinstance(attn, Attention):
         layer = attn.n_layer - 1 if layer is None else layer
         return attn.head(layer, head), list(tokens or attn.tokens), layer
@@ -97,7 +97,7 @@ def _finish(fig: Any, save: str | os.PathLike | None) -> Any:
 
 
 def plot_head(
-    attn: Any,
+    attn: Attention | torch.Tensor,
     tokens: Sequence[str] | None = None,
     ax: Any = None,
     *,
@@ -123,7 +123,7 @@ def plot_head(
 
 
 def plot_layer_heads(
-    attn: Any,
+    attn: Attention | torch.Tensor,
     layer: int | None = None,
     tokens: Sequence[str] | None = None,
     *,
@@ -167,7 +167,7 @@ def plot_layer_heads(
 
 
 def plot_rollout(
-    attn: Any, tokens: Sequence[str] | None = None, *, ax: Any = None, title: str | None = None,
+    attn: Attention | torch.Tensor, tokens: Sequence[str] | None = None, *, ax: Any = None, title: str | None = None,
     save: str | os.PathLike | None = None,
 ) -> Any:
     """Heatmap of the attention rollout (Abnar & Zuidema, 2020) through all layers."""
