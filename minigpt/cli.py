@@ -32,7 +32,7 @@ from .checkpoint import resolve_checkpoint  # re-exported: it was defined here b
 __all__ = ["CLIError", "build_parser", "main", "resolve_checkpoint"]
 
 # Modules that may add subcommands; each is optional (missing module or dependency = no subcommand).
-_PLUGINS = ("minigpt.course", "minigpt.analysis", "minigpt.serve", "minigpt.export")
+_PLUGINS = ("minigpt.course", "minigpt.tools.attention_report", "minigpt.serve", "minigpt.hf.export")
 _DEFAULT_OUT = "out"
 _INTERACTIVE_HELP = (
     "type a prompt and press Enter, or change a setting:\n"

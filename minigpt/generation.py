@@ -1,8 +1,8 @@
 """Turning next-token probabilities into text: greedy, temperature, top-k, top-p, beam search.
 
-Works with any :class:`~minigpt.model.LanguageModel`: ``model(idx) -> (logits, loss)`` with
+Works with any :class:`~minigpt.contract.LanguageModel`: ``model(idx) -> (logits, loss)`` with
 ``config.block_size``. Models whose ``forward`` takes a ``last_only`` keyword are asked for the last
-position's logits only; models that also offer ``new_kv_cache`` (:class:`~minigpt.model.CachedLanguageModel`)
+position's logits only; models that also offer ``new_kv_cache`` (:class:`~minigpt.contract.CachedLanguageModel`)
 are decoded incrementally. Past the block size the context is cropped to the last ``block_size`` tokens,
 exactly as without a cache, so cached and uncached decoding produce the same tokens.
 """
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import KVCache
-from .model import CachedLanguageModel, LanguageModel
+from .contract import CachedLanguageModel, LanguageModel
 
 __all__ = [
     "validate_sampling",

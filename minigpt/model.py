@@ -2,14 +2,15 @@
 
 Shapes: B batch, T time, C n_embd, V vocab_size. Parameter names follow Hugging Face's GPT-2
 (``transformer.wte``, ``transformer.h.0.attn.c_attn`` ...), so converting weights is a rename plus a
-transpose (see :mod:`minigpt.hf`).
+transpose (see :mod:`minigpt.hf.convert`).
+The contract every model of the library follows is stated in :mod:`minigpt.contract`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -17,47 +18,11 @@ import torch.nn.functional as F
 
 from .attention import KVCache, dropout
 from .blocks import ACTIVATIONS, TransformerBlock, make_norm
+from .contract import CachedLanguageModel, HasBlockSize, LanguageModel  # re-exported: the documented home
+from .generation import generate
 from .positional import LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding
 
 __all__ = ["GPTConfig", "PRESETS", "GPT", "HasBlockSize", "LanguageModel", "CachedLanguageModel", "count_parameters"]
-
-class HasBlockSize(Protocol):
-    """A model config: all that generation reads from it is the longest context."""
-
-    @property
-    def block_size(self) -> int: ...
-
-
-@runtime_checkable
-class LanguageModel(Protocol):
-    """The contract the trainer and ``generate``/``stream``/``beam_search`` rely on (nanoGPT's).
-
-    ``model(idx, targets=None) -> (logits, loss)``: idx (B, T) token ids, logits (B, T, V), loss the
-    mean cross-entropy against ``targets`` (-1 = ignore) or None; ``config.block_size`` is the longest
-    context; ``training``/``eval()``/``train(mode)`` as on any ``nn.Module``. Two optional extras that
-    generation uses when a model offers them: a ``last_only`` keyword (logits for the final position
-    only; generation checks the forward signature for it and otherwise slices the last position
-    itself) and a KV cache (see :class:`CachedLanguageModel`).
-    """
-
-    config: HasBlockSize
-    training: bool
-
-    def __call__(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]: ...
-
-    def eval(self) -> Any: ...
-
-    def train(self, mode: bool = True) -> Any: ...
-
-
-@runtime_checkable
-class CachedLanguageModel(LanguageModel, Protocol):
-    """A :class:`LanguageModel` that decodes incrementally: ``new_kv_cache(B)`` returns an empty
-    :class:`~minigpt.attention.KVCache`, and ``model(idx, kv_cache=cache)`` reads the T new tokens at
-    positions ``cache.pos ... cache.pos + T - 1``, stores their keys/values and advances ``cache.pos``."""
-
-    def new_kv_cache(self, batch_size: int) -> KVCache: ...
-
 
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
 NORMS = ("layernorm", "rmsnorm")
@@ -301,13 +266,4 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, **kwargs: Any) -> torch.Tensor:
         """Sample a continuation; see :func:`minigpt.generation.generate` for the options."""
-        from .generation import generate
-
         return generate(self, idx, max_new_tokens, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, name: str = "gpt2", **kwargs: Any) -> GPT:
-        """Load OpenAI's GPT-2 weights through Hugging Face (needs the hub or a local cache)."""
-        from .hf import load_gpt2_into_minigpt
-
-        return load_gpt2_into_minigpt(name, **kwargs)

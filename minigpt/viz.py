@@ -19,6 +19,9 @@ from typing import Any
 
 import torch
 
+from ._extras import require
+from .analysis import Attention, attention_rollout, capture_attention
+
 __all__ = [
     "pyplot",
     "plot_head",
@@ -41,8 +44,6 @@ def _has_display() -> bool:
 
 def pyplot() -> Any:
     """``matplotlib.pyplot``, switched to the Agg backend first when there is no display."""
-    from ._extras import require
-
     matplotlib = require("matplotlib", feature="plotting (minigpt.viz)")
 
     if "matplotlib.pyplot" not in sys.modules and not _has_display() and "MPLBACKEND" not in os.environ:
@@ -52,9 +53,7 @@ def pyplot() -> Any:
     return plt
 
 
-def _tokens_and_map(attn: Any, tokens: Sequence[str] | None, layer: int | None, head: int | None):
-    from .analysis import Attention
-
+def _tokens_and_map(attn: Attention | torch.Tensor, tokens: Sequence[str] | None, layer: int | None, head: int | None):
     if isinstance(attn, Attention):
         layer = attn.n_layer - 1 if layer is None else layer
         return attn.head(layer, head), list(tokens or attn.tokens), layer
@@ -98,7 +97,7 @@ def _finish(fig: Any, save: str | os.PathLike | None) -> Any:
 
 
 def plot_head(
-    attn: Any,
+    attn: Attention | torch.Tensor,
     tokens: Sequence[str] | None = None,
     ax: Any = None,
     *,
@@ -124,7 +123,7 @@ def plot_head(
 
 
 def plot_layer_heads(
-    attn: Any,
+    attn: Attention | torch.Tensor,
     layer: int | None = None,
     tokens: Sequence[str] | None = None,
     *,
@@ -133,8 +132,6 @@ def plot_layer_heads(
     save: str | os.PathLike | None = None,
 ) -> Any:
     """Every head of one layer side by side (shared colour scale 0..1), to compare their patterns."""
-    from .analysis import Attention
-
     if isinstance(attn, Attention):
         layer = attn.n_layer - 1 if layer is None else layer
         maps = attn.weights[layer]
@@ -170,12 +167,10 @@ def plot_layer_heads(
 
 
 def plot_rollout(
-    attn: Any, tokens: Sequence[str] | None = None, *, ax: Any = None, title: str | None = None,
+    attn: Attention | torch.Tensor, tokens: Sequence[str] | None = None, *, ax: Any = None, title: str | None = None,
     save: str | os.PathLike | None = None,
 ) -> Any:
     """Heatmap of the attention rollout (Abnar & Zuidema, 2020) through all layers."""
-    from .analysis import Attention, attention_rollout
-
     if isinstance(attn, Attention):
         tokens = list(tokens or attn.tokens)
         n_layer = attn.n_layer
@@ -268,8 +263,6 @@ def interactive_attention(
     chosen ``layer``/``head`` so the same call gives a picture everywhere. Returns the widget or
     the Figure.
     """
-    from .analysis import capture_attention
-
     use_widgets = _widgets_available() if interactive is None else interactive
     attn = capture_attention(model, text, tokenizer)
     if not use_widgets:

@@ -10,8 +10,6 @@ from minigpt import GPT, CharTokenizer, GPTConfig
 from minigpt.analysis import (
     Attention,
     AttentionUnavailableError,
-    add_cli,
-    analyze_attention,
     attention_rollout,
     capture_attention,
     classify_heads,
@@ -20,7 +18,6 @@ from minigpt.analysis import (
     induction_score,
     induction_scores,
     induction_targets,
-    main,
     previous_token_score,
     repeated_random_tokens,
     self_score,
@@ -28,6 +25,7 @@ from minigpt.analysis import (
     top_attended,
     top_attended_pairs,
 )
+from minigpt.tools.attention_report import add_cli, analyze_attention, main
 
 T = 8
 

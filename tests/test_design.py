@@ -34,7 +34,7 @@ def table_rows() -> list[tuple[list[str], str]]:
         if not line.startswith("| `"):
             continue
         cells = _cells(line)
-        modules = re.findall(r"`(\w+)`", cells[0])
+        modules = re.findall(r"`(\w+(?:\.\w+)*)`", cells[0])  # `hf.data`: a module of a sub-package
         rows.append((modules, cells[1]))
     return rows
 

@@ -274,6 +274,6 @@ def test_perplexity_inputs_separate_global_and_per_row_means():
 
 
 def test_library_agrees_with_the_checkers():
-    from minigpt.hf_data import group_texts
+    from minigpt.hf.data import group_texts
 
     assert check_group_texts(group_texts).passed

@@ -15,8 +15,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from minigpt.checkpoint import save_checkpoint  # noqa: E402
-from minigpt.export import ExportError, export_hf, hf_architecture, to_hf_model, to_hf_tokenizer  # noqa: E402
 from minigpt.generation import generate  # noqa: E402
+from minigpt.hf.export import ExportError, export_hf, hf_architecture, to_hf_model, to_hf_tokenizer  # noqa: E402
 from minigpt.model import GPT, GPTConfig  # noqa: E402
 from minigpt.tokenizer import BPETokenizer, CharTokenizer  # noqa: E402
 

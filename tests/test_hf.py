@@ -18,7 +18,8 @@ import torch.nn.functional as F
 transformers = pytest.importorskip("transformers")
 
 from minigpt import hf  # noqa: E402
-from minigpt.hf_data import lm_datasets  # noqa: E402
+from minigpt.hf import loading  # noqa: E402
+from minigpt.hf.data import lm_datasets  # noqa: E402
 
 TEXT = "".join(
     f"{who}:\nWhat {thing} through yonder {place} breaks? It is the {n}th {thing}.\n\n"
@@ -74,7 +75,7 @@ def test_uncached_model_and_unreachable_hub_fall_back_quickly(monkeypatch, capsy
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.delenv(hf.OFFLINE_ENV, raising=False)
-    monkeypatch.setattr(hf, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: False)
     t0 = time.perf_counter()
     _, _, info = hf.load_causal_lm(NOT_CACHED, fallback_text=TEXT)
     assert time.perf_counter() - t0 < 30
@@ -91,7 +92,7 @@ def test_hf_hub_offline_skips_the_network_probe(monkeypatch):
     def no_probe(timeout=3.0):
         raise AssertionError("HF_HUB_OFFLINE is set: the hub must not be contacted")
 
-    monkeypatch.setattr(hf, "hub_reachable", no_probe)
+    monkeypatch.setattr(loading, "hub_reachable", no_probe)
     _, _, info = hf.load_causal_lm(NOT_CACHED, fallback_text=TEXT, verbose=False)
     assert info.fallback and "HF_HUB_OFFLINE" in info.reason
 
@@ -101,14 +102,14 @@ def test_hub_probe_gives_up_after_its_timeout_and_counts_any_http_answer(monkeyp
         time.sleep(5)
 
     monkeypatch.setattr(urllib.request, "urlopen", hang)
-    monkeypatch.setattr(hf, "_unreachable_since", {})
+    monkeypatch.setattr(loading, "_unreachable_since", {})
     t0 = time.perf_counter()
     assert hf.hub_reachable(timeout=0.2) is False
     assert time.perf_counter() - t0 < 2
     t0 = time.perf_counter()
     assert hf.hub_reachable(timeout=0.2) is False  # remembered: the second call does not wait again
     assert time.perf_counter() - t0 < 0.1
-    monkeypatch.setattr(hf, "_unreachable_since", {})
+    monkeypatch.setattr(loading, "_unreachable_since", {})
 
     def answers_405(*args, **kwargs):
         raise urllib.error.HTTPError("https://huggingface.co", 405, "Method Not Allowed", None, None)
@@ -125,15 +126,13 @@ def test_fallback_tokenizer_round_trips_any_text(fallback):
 
 
 def test_fallback_tokenizer_is_trained_once_and_cached(monkeypatch, tmp_path):
-    import minigpt.data
-
     calls = []
 
     def fake_corpus(*args, **kwargs):
         calls.append(1)
         return TEXT
 
-    monkeypatch.setattr(minigpt.data, "load_shakespeare", fake_corpus)
+    monkeypatch.setattr(loading, "load_shakespeare", fake_corpus)
     a = hf.fallback_tokenizer(300, cache_dir=tmp_path)
     b = hf.fallback_tokenizer(300, cache_dir=tmp_path)
     assert len(calls) == 1 and (tmp_path / "gpt2_fallback_bpe_300.json").is_file()

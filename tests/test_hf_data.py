@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("datasets")
 pytest.importorskip("transformers")
 
-from minigpt.hf_data import group_texts, lm_datasets, load_text_splits  # noqa: E402
+from minigpt.hf.data import group_texts, lm_datasets, load_text_splits  # noqa: E402
 from minigpt.tokenizer import BPETokenizer  # noqa: E402
 
 # varied lines, blank lines included, so line breaks and short rows are exercised

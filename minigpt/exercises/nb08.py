@@ -1,6 +1,6 @@
 """Checkers for notebook 08 (fine-tuning GPT-2 with Hugging Face).
 
-References are independent of :mod:`minigpt.hf` and :mod:`minigpt.hf_data`: ``F.cross_entropy``,
+References are independent of :mod:`minigpt.hf` and :mod:`minigpt.hf.data`: ``F.cross_entropy``,
 ``itertools.chain``, ``peft`` itself for LoRA counts, and transformers' own ``Conv1D`` forward.
 """
 

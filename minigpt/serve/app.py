@@ -34,11 +34,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import ServeSettings
 from .core import ClientGone, ErrorResponse, HTTPError, Runner, read_json
 from .engine import BatchingEngine, Sampling, probe_model
 from .metrics import ENDPOINTS, ServeMetrics
 from .openai_api import add_openai_routes, is_openai_path, openai_error
+from .settings import ServeSettings
 
 __all__ = ["GenerateRequest", "create_app"]
 

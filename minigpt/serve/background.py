@@ -34,8 +34,8 @@ class ThreadServer:
     """
 
     def __init__(self, app: Any, port: int | None = None, startup_timeout: float = 20.0) -> None:
-        from . import ServeSettings
         from .server import bind, build_server
+        from .settings import ServeSettings
 
         self.sock = bind("127.0.0.1", port or 0)
         self.port = self.sock.getsockname()[1]

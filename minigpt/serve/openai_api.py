@@ -47,9 +47,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from . import ServeSettings
 from .core import ErrorResponse, HTTPError, Runner, read_json
 from .engine import Job, Sampling
+from .settings import ServeSettings
 
 __all__ = ["CHAT_STOP", "VisibleText", "add_openai_routes", "chat_prompt", "is_openai_path", "openai_error"]
 

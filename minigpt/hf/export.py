@@ -41,11 +41,11 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from .blocks import TransformerBlock
-from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
-from .hf import _ACT_TO_HF  # minigpt activation -> transformers' name, shared with the GPT-2 conversion
-from .model import GPT, GPTConfig
-from .tokenizer import ENDOFTEXT, BPETokenizer, CharTokenizer
+from ..blocks import TransformerBlock
+from ..checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from ..model import GPT, GPTConfig
+from ..tokenizer import ENDOFTEXT, BPETokenizer, CharTokenizer
+from .convert import _ACT_TO_HF  # minigpt activation -> transformers' name, shared with the GPT-2 conversion
 
 __all__ = ["ARCHITECTURES", "ExportError", "char_tokenizer_to_hf", "export_hf", "hf_architecture",
            "to_hf_model", "to_hf_tokenizer"]
@@ -99,7 +99,7 @@ def _rope_kwargs(config_cls: type, theta: float, legacy_name: str, **legacy: Any
 
 def _no_special_ids() -> dict[str, Any]:
     # `minigpt generate` never stops at a token and prepends nothing, so neither may the exported model
-    # (GPT-2's config does the same for a vocabulary without its <|endoftext|> id, see minigpt.hf)
+    # (GPT-2's config does the same for a vocabulary without its <|endoftext|> id, see minigpt.hf.convert)
     return dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)
 
 
@@ -117,7 +117,7 @@ def _norm(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def _to_gpt2(model: GPT) -> Any:
-    from .hf import minigpt_to_gpt2
+    from .convert import minigpt_to_gpt2
 
     return minigpt_to_gpt2(model)
 
@@ -315,7 +315,7 @@ then, in Python:
   pipeline("text-generation", model="out/demo-hf")("ROMEO:", max_new_tokens=50, do_sample=False)
 
 supported: learned positions + LayerNorm -> GPT-2; RoPE + LayerNorm -> GPT-NeoX;
-RoPE + RMSNorm + SwiGLU -> Llama (see `minigpt.export` for the exact rules).
+RoPE + RMSNorm + SwiGLU -> Llama (see `minigpt.hf.export` for the exact rules).
 """
 
 

@@ -1,0 +1,134 @@
+"""GPT-2 weights in and out of :class:`minigpt.GPT`, through Hugging Face ``transformers``.
+
+GPT-2 stores its linear layers as ``Conv1D`` with weights laid out (in, out) -- the transpose of
+``nn.Linear`` -- which is the only real work a conversion does; the parameter names already match.
+``transformers`` is imported inside the functions, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..model import GPT, GPTConfig
+
+__all__ = ["CONV1D_WEIGHTS", "config_from_hf", "hf_config_from", "gpt2_to_minigpt", "minigpt_to_gpt2",
+           "load_gpt2_into_minigpt"]
+
+# parameter-name suffixes that Hugging Face's GPT-2 keeps as Conv1D, i.e. transposed
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+_ACT_FROM_HF = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
+_ACT_TO_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
+
+
+def config_from_hf(hf_config: Any) -> GPTConfig:
+    """A :class:`GPTConfig` with the same architecture as a Hugging Face ``GPT2Config``."""
+    act = hf_config.activation_function
+    if act not in _ACT_FROM_HF:
+        raise ValueError(f"GPT-2 activation {act!r} has no minigpt equivalent ({sorted(_ACT_FROM_HF)})")
+    return GPTConfig(
+        vocab_size=hf_config.vocab_size,
+        block_size=hf_config.n_positions,
+        n_layer=hf_config.n_layer,
+        n_head=hf_config.n_head,
+        n_embd=hf_config.n_embd,
+        d_ff=hf_config.n_inner,
+        dropout=0.0,
+        bias=True,
+        activation=_ACT_FROM_HF[act],
+        layer_norm_eps=hf_config.layer_norm_epsilon,
+        tie_weights=bool(getattr(hf_config, "tie_word_embeddings", True)),
+    )
+
+
+def hf_config_from(config: GPTConfig) -> Any:
+    """The ``GPT2Config`` of a minigpt config; refuses features GPT-2 does not have."""
+    from transformers import GPT2Config
+
+    unsupported = []
+    if config.position != "learned":
+        unsupported.append(f"position={config.position!r} (GPT-2 learns its positions)")
+    if config.norm != "layernorm":
+        unsupported.append(f"norm={config.norm!r} (GPT-2 uses LayerNorm)")
+    if not config.prenorm:
+        unsupported.append("post-LN blocks")
+    if config.n_kv_head not in (None, config.n_head):
+        unsupported.append("grouped-query attention")
+    if config.activation not in _ACT_TO_HF:
+        unsupported.append(f"activation={config.activation!r}")
+    if unsupported:
+        raise ValueError("this GPT cannot be expressed as Hugging Face GPT-2: " + "; ".join(unsupported))
+    return GPT2Config(
+        vocab_size=config.vocab_size,
+        n_positions=config.block_size,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        n_inner=config.d_ff,
+        activation_function=_ACT_TO_HF[config.activation],
+        layer_norm_epsilon=config.layer_norm_eps,
+        resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout,
+        attn_pdrop=config.dropout,
+        tie_word_embeddings=config.tie_weights,
+        # GPT-2's <|endoftext|> id (50256) does not exist in a small vocabulary
+        bos_token_id=50256 if config.vocab_size > 50256 else None,
+        eos_token_id=50256 if config.vocab_size > 50256 else None,
+    )
+
+
+def _is_conv1d(name: str) -> bool:
+    return name.endswith(CONV1D_WEIGHTS)
+
+
+@torch.no_grad()
+def gpt2_to_minigpt(hf_model: Any) -> GPT:
+    """Copy a ``GPT2LMHeadModel``'s weights into a new :class:`GPT`, transposing the Conv1D layers."""
+    model = GPT(config_from_hf(hf_model.config))
+    ours = model.state_dict()
+    theirs = {k: v for k, v in hf_model.state_dict().items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    missing = sorted(set(ours) - set(theirs))
+    extra = sorted(set(theirs) - set(ours))
+    if missing or extra:
+        raise ValueError(f"GPT-2 state dict does not match: missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, value in theirs.items():
+        value = value.t() if _is_conv1d(name) else value
+        if ours[name].shape != value.shape:
+            raise ValueError(f"{name}: shape {tuple(value.shape)} does not fit {tuple(ours[name].shape)}")
+        ours[name].copy_(value)
+    return model
+
+
+@torch.no_grad()
+def minigpt_to_gpt2(model: GPT) -> Any:
+    """A ``GPT2LMHeadModel`` holding the weights of a (GPT-2 shaped) :class:`GPT`.
+
+    A model built with ``bias=False`` gets zero biases, which GPT-2 always has: the same function.
+    """
+    from transformers import GPT2LMHeadModel
+
+    hf_model = GPT2LMHeadModel(hf_config_from(model.config))
+    theirs = hf_model.state_dict()
+    ours = model.state_dict()
+    for name in ours:
+        if name not in theirs:
+            raise ValueError(f"{name} has no place in Hugging Face GPT-2")
+    with torch.no_grad():
+        for name, target in theirs.items():
+            if name in ours:
+                target.copy_(ours[name].t() if _is_conv1d(name) else ours[name])
+            elif name.endswith(".bias") and not model.config.bias and not name.endswith((".attn.bias", ".masked_bias")):
+                target.zero_()
+    hf_model.eval()
+    return hf_model
+
+
+def load_gpt2_into_minigpt(name: str = "gpt2", **kwargs: Any) -> GPT:
+    """OpenAI's pretrained GPT-2 (``gpt2``, ``gpt2-medium`` ...) as a minigpt :class:`GPT`.
+
+    Needs the Hugging Face hub or a local cache; see :func:`minigpt.hf.loading.load_causal_lm` for the offline fallback.
+    """
+    from transformers import GPT2LMHeadModel
+
+    return gpt2_to_minigpt(GPT2LMHeadModel.from_pretrained(name, **kwargs))
