@@ -47,7 +47,8 @@ from .atomic import write_synced as _write_bytes  # one name, so a test can simu
 
 __all__ = [
     "BEST_DIR", "LATEST_DIR", "MODEL_REGISTRY", "CheckpointError", "CheckpointInfo", "build_model",
-    "latest_checkpoint", "load_checkpoint", "load_train_state", "read_meta", "register_model",
+    "clean_stale_files", "latest_checkpoint", "load_checkpoint", "load_train_state", "prepare_out_dir",
+    "read_meta", "register_model",
     "resolve_checkpoint", "save_checkpoint", "strip_prefixes", "unwrap_model",
 ]
 
@@ -485,6 +486,73 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
         if (candidate / META_FILE).exists() and (candidate / WEIGHTS_FILE).exists():
             return candidate
     return None
+
+
+def prepare_out_dir(out_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Check a run's output folder before any work is done, and return it.
+
+    Refused with one CheckpointError: a path that is a file, a symlink loop, a folder that cannot
+    be written, or (unless `resume` or `overwrite`) a folder that already holds a run. With
+    `overwrite`, the old run's checkpoints and history are removed (nothing else in the folder).
+    Stale temporary folders of interrupted saves are cleaned up.
+    """
+    out = Path(out_dir)
+    try:
+        if out.is_symlink() and not out.exists():
+            raise CheckpointError(f"--out-dir {out} is a broken symlink or a symlink loop; pick another folder")
+        if out.exists() and not out.is_dir():
+            raise CheckpointError(f"--out-dir {out} is a file, not a folder; pick another folder")
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CheckpointError(f"--out-dir {out} cannot be written ({e.strerror or e}); pick another folder") from e
+    clean_stale_files(out)
+    held = latest_checkpoint(out) or (out / BEST_DIR if (out / BEST_DIR / META_FILE).exists() else None)
+    if held is not None and not resume and not overwrite:
+        raise CheckpointError(f"{out} already holds a run ({held}); pass --resume to continue it, --overwrite "
+                              "to replace it, or choose another --out-dir")
+    if held is not None and overwrite and not resume:
+        for name in (LATEST_DIR, BEST_DIR, f".{LATEST_DIR}.old", f".{BEST_DIR}.old"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in ("history.csv", "history.json"):
+            (out / name).unlink(missing_ok=True)
+    return out
+
+
+def clean_stale_files(out_dir: str | os.PathLike) -> list[Path]:
+    """Remove temporary leftovers of saves killed half-way (`.NAME.tmp-PID` folders of processes that are
+    gone, `.old` copies beside a complete checkpoint, `.FILE.PID-TID.tmp` files); returns what was removed."""
+    out = Path(out_dir)
+    removed = []
+    for p in list(out.iterdir()) if out.is_dir() else []:
+        name = p.name
+        stale = False
+        if name.startswith(".") and ".tmp-" in name:
+            pid = name.rsplit(".tmp-", 1)[1]
+            stale = not (pid.isdigit() and _pid_alive(int(pid)))
+        elif name.startswith(".") and name.endswith(".old") and p.is_dir():
+            stale = (out / name[1:-4] / META_FILE).is_file()  # the new copy is complete
+        elif name.startswith(".") and name.endswith(".tmp") and p.is_file():
+            pid = name.rsplit(".", 2)[-2].split("-")[0]
+            stale = not (pid.isdigit() and _pid_alive(int(pid)))
+        if stale:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to someone else
+        return True
+    return True
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:

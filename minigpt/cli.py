@@ -208,7 +208,9 @@ def _add_output_flags(g: Any) -> None:
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     g.add_argument("--dtype", type=_dtype, help="auto, float32, bfloat16 or float16 (mixed precision)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster on GPU)")
-    g.add_argument("--resume", action="store_true", help="continue from --out-dir/ckpt if it exists")
+    g.add_argument("--resume", action="store_true", help="continue from --out-dir/ckpt if it exists "
+                   "(with the saved run's steps, schedule and time budget unless a flag changes them)")
+    g.add_argument("--overwrite", action="store_true", help="replace a run already in --out-dir")
     g.add_argument("--sample-length", type=_non_negative_int, default=300,
                    help="characters of the sample printed at the end (0 = none)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -327,9 +329,10 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .checkpoint import latest_checkpoint
+    from .checkpoint import latest_checkpoint, prepare_out_dir
     from .data import train_val_split
     from .presets import get_preset
+    from .rng import seed_everything
     from .train import Trainer, TrainingDiverged, lm_batches, plan_run
 
     if args.epochs is not None and args.max_iters is not None:
@@ -339,16 +342,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     preset = get_preset(args.preset)
     overrides = _train_overrides(args)
     text, source = _load_text(args.data_file)
+    prepare_out_dir(args.out_dir, resume=args.resume, overwrite=args.overwrite)  # before any work
     ckpt = latest_checkpoint(args.out_dir) if args.resume else None
     if ckpt is not None:
         model, tokenizer, block_size = _resumed_model(args, ckpt, preset, overrides)
     else:
         if args.resume:
             _say(f"no checkpoint in {args.out_dir}; starting a new run")
+        # the model's initial weights come from torch's global generator: seed it before building
+        seed_everything(preset.train_config(**overrides).seed)
         model, tokenizer, block_size = _new_model(args, preset, text)
     ids = _encode(tokenizer, text)
     train_ids, val_ids = train_val_split(ids, args.val_fraction) if args.val_fraction > 0 else (ids, ids)
-    config = preset.train_config(**overrides)
+    config = preset.train_config(**overrides)  # on --resume, overrides start from the saved run's config
     get_batch = lm_batches(train_ids, val_ids, block_size, config.batch_size)
     plan = plan_run(config, get_batch, model, epochs=args.epochs,
                     fit_time=args.max_iters is None and args.epochs is None and ckpt is None)
@@ -371,9 +377,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 1
     finally:
         trainer.close()
-    if trainer.is_main:
-        _report(trainer, history, time.perf_counter() - t0, args.sample_length)
-    return 130 if history.status == "interrupted" else 0
+    interrupted = history.status == "interrupted"
+    if trainer.is_main:  # no sample after Ctrl-C/SIGTERM: the user asked to stop
+        _report(trainer, history, time.perf_counter() - t0, 0 if interrupted else args.sample_length)
+    return (trainer.signals.exit_code or 130) if interrupted else 0
 
 
 def _encode(tokenizer: Any, text: str) -> Any:
@@ -404,7 +411,9 @@ def _new_model(args: argparse.Namespace, preset: Any, text: str) -> tuple[Any, A
 def _resumed_model(
     args: argparse.Namespace, ckpt: Path, preset: Any, overrides: dict[str, Any]
 ) -> tuple[Any, Any, int]:
-    """The checkpoint's model and tokenizer, whatever the flags say; fills `overrides` with what must match."""
+    """The checkpoint's model and tokenizer. The saved run's training config (its plan: steps,
+    schedule, time budget) fills `overrides` where no flag was given; a model flag that differs from
+    the checkpoint is refused."""
     from .checkpoint import load_checkpoint
     from .model import LanguageModel
 
@@ -414,14 +423,32 @@ def _resumed_model(
         raise CLIError(f"{ckpt} has no tokenizer saved; cannot resume training on text")
     if not isinstance(model, LanguageModel):
         raise CLIError(f"{ckpt} holds a {type(model).__name__}, not a language model with config.block_size")
-    block_size = model.config.block_size
-    if args.model_type == "transformer" and args.block_size not in (None, block_size):
-        raise CLIError(f"--block-size {args.block_size} differs from the checkpoint's {block_size}")
-    if args.batch_size is None and info.train_config:
-        overrides["batch_size"] = info.train_config.get("batch_size", preset.train_config().batch_size)
-    if args.optimizer is None and info.train_config:  # optimizer state only loads into its own kind
-        overrides["optimizer"] = info.train_config.get("optimizer", "adamw")
-    return model, info.tokenizer, block_size
+    _refuse_model_changes(args, ckpt, model, info)
+    saved = {k: v for k, v in (info.train_config or {}).items() if k in _RESUMED_FIELDS}
+    overrides.update({k: v for k, v in saved.items() if k not in overrides})
+    return model, info.tokenizer, model.config.block_size
+
+
+# what a resumed run takes from the checkpoint unless a flag says otherwise (its plan and recipe)
+_RESUMED_FIELDS = ("max_iters", "batch_size", "lr", "min_lr", "warmup_iters", "lr_decay_iters", "schedule",
+                   "weight_decay", "beta1", "beta2", "grad_clip", "grad_accum", "eval_interval", "eval_iters",
+                   "early_stopping_patience", "min_delta", "seed", "max_time_s", "optimizer", "muon_momentum",
+                   "checkpoint_interval", "log_interval")
+
+
+def _refuse_model_changes(args: argparse.Namespace, ckpt: Path, model: Any, info: Any) -> None:
+    """--resume continues the saved model: a model flag that says otherwise is a mistake."""
+    kind = {"GPT": "transformer", "MLPLM": "mlp", "BigramLM": "bigram"}.get(info.model_class)
+    if kind is not None and args.model_type != "transformer" and args.model_type != kind:
+        raise CLIError(f"--model-type {args.model_type} differs from the checkpoint's {kind} in {ckpt}; "
+                       f"drop the flag to resume, or train a new model in another --out-dir")
+    saved = info.model_config or {}
+    for flag in ("n_layer", "n_head", "n_embd", "block_size", "d_ff", "dropout", "position", "context"):
+        given = getattr(args, flag)
+        name = "hidden" if flag == "d_ff" and info.model_class == "MLPLM" else flag
+        if given is not None and name in saved and saved[name] != given:
+            raise CLIError(f"--{flag.replace('_', '-')} {given} differs from the checkpoint's {saved[name]} "
+                           f"in {ckpt}; drop the flag to resume, or train a new model in another --out-dir")
 
 
 def _report(trainer: Any, history: Any, seconds: float, sample_length: int) -> None:

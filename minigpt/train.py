@@ -40,6 +40,7 @@ import dataclasses
 import logging
 import math
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ from .distributed import (
     setup_distributed,
 )
 from .history import COLUMNS, History, ProgressLog
+from .interrupt import StopSignals
 from .optim import Muon, MuonAdamW, split_muon_params
 from .rng import rng_state, seed_everything, set_rng_state
 from .schedule import SCHEDULES, lr_at
@@ -109,6 +111,8 @@ GetBatch = BatchFn  # the older name
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 OPTIMIZERS = ("adamw", "muon")
 STATUSES = ("running", "completed", "time_limit", "early_stopped", "stopped", "interrupted", "diverged")
+# fields a resumed run must share with the run that wrote the checkpoint (Trainer refuses otherwise)
+_SAME_ON_RESUME = ("optimizer", "batch_size", "grad_accum", "seed", "beta1", "beta2", "muon_momentum")
 _EVAL_SEED_OFFSET = 10_007  # eval batches come from their own fixed stream, never the training one
 
 
@@ -489,6 +493,7 @@ class Trainer:
         self._last_saved_step = -1
         self._last_eval_step = -1
         self._stop_request = False
+        self.signals = StopSignals()  # SIGINT/SIGTERM during fit(); `.exit_code` is 130/143 after one
 
     def _place_model(self, model: nn.Module) -> None:
         """Device, autocast dtype, the plain module (checkpoints, eval) and what the training forward uses."""
@@ -516,37 +521,39 @@ class Trainer:
         resumed = self._resume_or_seed()
         self._start()
         status = "completed"
-        try:
-            if cfg.eval_interval and self.step == 0 and not resumed:
-                self._evaluate_and_save()  # the loss before training: about ln(vocab size)
-            while self.step < cfg.max_iters:
-                lr = self._set_lr()  # a pure function of the step (warmup, then decay)
-                loss_sum, tokens = torch.zeros((), device=self.device), 0
-                for micro in range(cfg.grad_accum):  # gradients of the micro-batches add up
-                    batch = self._fetch("train", self.generator)  # (inputs..., targets) on the device
-                    with self._grad_sync(last=micro == cfg.grad_accum - 1):
-                        loss = self._forward_loss(self.train_model, batch)  # forward under autocast
-                        self.scaler.scale(loss / cfg.grad_accum).backward()  # so the sum is the mean
-                    loss_sum += loss.detach().float()
-                    tokens += batch[-1].numel() * self.dist.world_size
-                grad_norm = self._clip_gradients()
-                loss_v, norm_v = self._check_finite(loss_sum / cfg.grad_accum, grad_norm, lr)  # NaN guard
-                self.scaler.step(self.optimizer)  # optimizer.step(), unless fp16 overflowed
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                self.tokens_seen += tokens
-                self._log_step(loss_v, lr, norm_v)
-                stop = self._evaluate_save_or_stop()
-                if stop:
-                    status = stop
-                    break
-            self._finish()
-        except KeyboardInterrupt:
-            status = "interrupted"
-            self._save_on_interrupt()
-        finally:
-            self.progress.close()
+        # Ctrl-C / SIGTERM only set a flag: the step in progress finishes, then the loop saves and stops
+        with self.signals:
+            try:
+                if cfg.eval_interval and self.step == 0 and not resumed:
+                    self._evaluate_and_save()  # the loss before training: about ln(vocab size)
+                while self.step < cfg.max_iters:
+                    lr = self._set_lr()  # a pure function of the step (warmup, then decay)
+                    loss_sum, tokens = torch.zeros((), device=self.device), 0
+                    for micro in range(cfg.grad_accum):  # gradients of the micro-batches add up
+                        batch = self._fetch("train", self.generator)  # (inputs..., targets) on the device
+                        with self._grad_sync(last=micro == cfg.grad_accum - 1):
+                            loss = self._forward_loss(self.train_model, batch)  # forward under autocast
+                            self.scaler.scale(loss / cfg.grad_accum).backward()  # so the sum is the mean
+                        loss_sum += loss.detach().float()
+                        tokens += batch[-1].numel() * self.dist.world_size
+                    grad_norm = self._clip_gradients()
+                    loss_v, norm_v = self._check_finite(loss_sum / cfg.grad_accum, grad_norm, lr)  # NaN guard
+                    self.scaler.step(self.optimizer)  # optimizer.step(), unless fp16 overflowed
+                    self.scaler.update()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.step += 1
+                    self.tokens_seen += tokens
+                    self._log_step(loss_v, lr, norm_v)
+                    stop = self._evaluate_save_or_stop()
+                    if stop:
+                        status = stop
+                        break
+                self._finish(status)
+            except KeyboardInterrupt:  # only where no handler could be installed (not the main thread)
+                status = "interrupted"
+                self._save_on_interrupt()
+            finally:
+                self.progress.close()
         return self._close_history(status)
 
     def _set_lr(self) -> float:
@@ -600,7 +607,10 @@ class Trainer:
         if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0:
             self.save(LATEST_DIR)
         out_of_time = cfg.max_time_s is not None and self.elapsed >= cfg.max_time_s
-        stopped, out_of_time = any_rank(self.dist, self.device, self._stop_request, out_of_time)
+        stopped, out_of_time, signalled = any_rank(self.dist, self.device, self._stop_request, out_of_time,
+                                                   self.signals.requested)
+        if signalled:
+            return "interrupted"
         if stop_early:
             return "early_stopped"
         return "time_limit" if out_of_time else "stopped" if stopped else None
@@ -626,13 +636,18 @@ class Trainer:
         self._last_eval_step = max((r["step"] for r in self.history.evals), default=-1)
         self.progress.open(self.config.max_iters, self.step, self.tokens_seen)
 
-    def _finish(self) -> None:
+    def _finish(self, status: str) -> None:
+        if status == "interrupted":  # at a step boundary: save now, evaluate in the resumed run
+            self._save_on_interrupt()
+            return
         if self.config.eval_interval and self._last_eval_step != self.step:
             self._evaluate_and_save()  # a final measurement for every run that evaluates
         if self._last_saved_step != self.step:
             self.save(LATEST_DIR)
 
     def _save_on_interrupt(self) -> None:
+        if self.signals.signum is None:
+            self.signals.signum = signal.SIGINT  # a KeyboardInterrupt raised the usual way
         self.progress.say(f"interrupted at step {self.step}; saving a checkpoint")
         try:
             self.save(LATEST_DIR)
@@ -758,12 +773,7 @@ class Trainer:
     def _load(self, path: Path) -> None:
         _, info = load_checkpoint(path, device=self.device, model=self.model)
         state = load_train_state(path)
-        saved = (info.train_config or {}).get("optimizer", "adamw")
-        if saved != self.config.optimizer:
-            raise ValueError(
-                f"{path} was trained with optimizer={saved!r} but this run uses optimizer="
-                f"{self.config.optimizer!r}; resume with optimizer={saved!r} (CLI: --optimizer {saved})"
-            )
+        self._refuse_other_run(path, info.train_config or {})
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
@@ -775,6 +785,19 @@ class Trainer:
         self.tokens_seen = int(state["tokens_seen"])
         self._elapsed_before = float(state["elapsed"])
         self._restore_random_streams(state)
+
+    def _refuse_other_run(self, path: Path, saved: dict[str, Any]) -> None:
+        """A resumed run must continue the same recipe: optimizer state, data stream and batch shape
+        only fit the run that wrote them."""
+        saved = {"optimizer": "adamw", **saved}
+        for name in _SAME_ON_RESUME:
+            if name in saved and saved[name] != getattr(self.config, name):
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(
+                    f"{path} was trained with {name}={saved[name]!r} but this run uses {name}="
+                    f"{getattr(self.config, name)!r}; resume with {name}={saved[name]!r} (CLI: {flag} "
+                    f"{saved[name]}, or leave the flag out), or start a new run in another out_dir"
+                )
 
     def _restore_random_streams(self, state: dict[str, Any]) -> None:
         rank = self.dist.rank
