@@ -635,6 +635,16 @@ def _interactive(gen: _Generator) -> int:
             _say("\n(interrupted)")
 
 
+def _require_decoder(model: Any, folder: Path) -> None:
+    """`generate` continues text with a decoder-only model; an encoder-decoder needs a source sequence."""
+    from .model import LanguageModel
+    from .seq2seq import Transformer
+
+    if isinstance(model, Transformer) or not isinstance(model, LanguageModel):
+        raise CLIError(f"{folder} holds a {type(model).__name__} (encoder-decoder or not a language model); "
+                       "`minigpt generate` needs a decoder-only model such as GPT, MLPLM or BigramLM")
+
+
 def _read_prompts(path: str) -> list[str]:
     from .data import read_text
 
@@ -668,6 +678,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     folder = resolve_checkpoint(args.checkpoint)
     device = get_device(args.device)
     model, info = load_checkpoint(folder, device=device)
+    _require_decoder(model, folder)
     if info.tokenizer is None:
         raise CLIError(f"{folder} has no tokenizer saved, so text cannot be encoded; retrain with `minigpt train`")
     val = f", val loss {info.best_val_loss:.4f}" if info.best_val_loss is not None else ""

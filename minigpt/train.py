@@ -53,9 +53,11 @@ from torch import nn
 from .checkpoint import (
     BEST_DIR,
     LATEST_DIR,
+    CheckpointError,
     latest_checkpoint,
     load_checkpoint,
     load_train_state,
+    read_meta,
     save_checkpoint,
     unwrap_model,
 )
@@ -771,20 +773,27 @@ class Trainer:
         }
 
     def _load(self, path: Path) -> None:
-        _, info = load_checkpoint(path, device=self.device, model=self.model)
-        state = load_train_state(path)
-        self._refuse_other_run(path, info.train_config or {})
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["scaler"])
+        state = load_train_state(path)  # validated; read before anything of this run is replaced
+        missing = [k for k in ("step", "optimizer", "history", "rng", "data_rng") if k not in state]
+        if missing:
+            raise CheckpointError(f"the training state in {path} lacks {missing}; it was not written by Trainer")
+        self._refuse_other_run(path, read_meta(path).get("train_config") or {})
+        load_checkpoint(path, device=self.device, model=self.model)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler") and self.scaler.is_enabled():
+                self.scaler.load_state_dict(state["scaler"])
+            self.history = History.from_dict(state["history"])
+            self._restore_random_streams(state)
+        except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+            raise CheckpointError(f"the training state in {path} does not fit this run "
+                                  f"({type(e).__name__}: {e}); start a new run or use another checkpoint") from e
         self.step = self._last_saved_step = int(state["step"])
-        self.history = History.from_dict(state["history"])
         self.history.status = "running"
-        self.early_stopping.best = state["best_val_loss"]
-        self.early_stopping.bad_evals = int(state["evals_without_improvement"])
-        self.tokens_seen = int(state["tokens_seen"])
-        self._elapsed_before = float(state["elapsed"])
-        self._restore_random_streams(state)
+        self.early_stopping.best = state.get("best_val_loss")
+        self.early_stopping.bad_evals = int(state.get("evals_without_improvement", 0))
+        self.tokens_seen = int(state.get("tokens_seen", 0))
+        self._elapsed_before = float(state.get("elapsed", 0.0))
 
     def _refuse_other_run(self, path: Path, saved: dict[str, Any]) -> None:
         """A resumed run must continue the same recipe: optimizer state, data stream and batch shape

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -202,3 +203,179 @@ def test_max_time_run_resumes_with_its_planned_steps(tmp_path: Path, text_file: 
     meta = json.loads((out / "ckpt" / "meta.json").read_text())
     assert meta["train_config"]["max_iters"] == planned["max_iters"]
     assert meta["train_config"]["max_time_s"] == 3
+
+
+# ---------------------------------------------------------------------------- 3. damaged checkpoints
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory, text_file: Path) -> Path:
+    """A tiny GPT run (learned positions, so the position table has block_size rows)."""
+    from minigpt.cli import main
+
+    out = tmp_path_factory.mktemp("good") / "run"
+    code = main(["train", "--data-file", str(text_file), "--out-dir", str(out), "--max-iters", "4",
+                 "--eval-interval", "2", "--sample-length", "0", "--position", "learned", "--optimizer", "adamw",
+                 *TINY])
+    assert code == 0
+    return out
+
+
+def _edit_meta(folder: Path, change, rehash: bool = True) -> None:
+    """Apply `change(meta)`; with `rehash` the model digest is recomputed (a crafted file, not an accident)."""
+    from minigpt.checkpoint import _model_digest
+
+    meta = json.loads((folder / "meta.json").read_text())
+    change(meta)
+    if rehash and isinstance(meta.get("sha256"), dict):
+        meta["sha256"]["model"] = _model_digest(meta)
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def _set(path: str, value):
+    def change(meta):
+        *keys, last = path.split(".")
+        d = meta
+        for k in keys:
+            d = d[k]
+        d[last] = value
+    return change
+
+
+def _flip_bytes(folder: Path) -> None:
+    data = bytearray((folder / "model.safetensors").read_bytes())
+    for i in range(len(data) - 50, len(data) - 40):  # inside the tensor data, past the header
+        data[i] ^= 0xFF
+    (folder / "model.safetensors").write_bytes(bytes(data))
+
+
+def _nan_weights(folder: Path) -> None:
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    tensors = load_file(str(folder / "model.safetensors"))
+    name = next(iter(tensors))
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] = float("nan")
+    save_file(tensors, str(folder / "model.safetensors"))
+    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    _edit_meta(folder, lambda m: m["sha256"].__setitem__("model.safetensors", digest))
+
+
+def _symlink(target: str):
+    def damage(folder: Path) -> None:
+        (folder / "model.safetensors").unlink()
+        if target == "loop":
+            os.symlink(folder / "loop2", folder / "model.safetensors")
+            os.symlink(folder / "model.safetensors", folder / "loop2")
+        else:
+            os.symlink(target, folder / "model.safetensors")
+    return damage
+
+
+DAMAGED = {
+    "nan weights": (_nan_weights, "NaN"),
+    "flipped bytes in tensor data": (_flip_bytes, "sha256"),
+    "truncated weights": (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:100]),
+                          "truncated"),
+    "unknown config key": (lambda f: _edit_meta(f, _set("model_config.evil", 1)), "unknown keys"),
+    "edited config without rehash": (lambda f: _edit_meta(f, _set("model_config.n_layer", 2), rehash=False),
+                                     "edited"),
+    "n_layer as string": (lambda f: _edit_meta(f, _set("model_config.n_layer", "2")), "n_layer"),
+    "step as string": (lambda f: _edit_meta(f, _set("step", "x")), "step"),
+    "step negative": (lambda f: _edit_meta(f, _set("step", -5)), "step"),
+    "model_config as list": (lambda f: _edit_meta(f, _set("model_config", [1, 2])), "model_config"),
+    "tied as list": (lambda f: _edit_meta(f, _set("tied", ["a"])), "tied"),
+    "tied to a missing tensor": (lambda f: _edit_meta(f, _set("tied", {"x": "nope"})), "tied"),
+    "tokenizer as string": (lambda f: _edit_meta(f, _set("tokenizer", "chars")), "tokenizer"),
+    "tokenizer data damaged": (lambda f: _edit_meta(f, _set("tokenizer.data.chars", 5)), "CharTokenizer"),
+    "unknown top-level field": (lambda f: _edit_meta(f, _set("evil", 1)), "unknown field"),
+    "class mismatch": (lambda f: _edit_meta(f, _set("model_class", "MLPLM")), "MLPLM"),
+    "unknown class": (lambda f: _edit_meta(f, _set("model_class", "os.system")), "MODEL_REGISTRY"),
+    "huge n_layer": (lambda f: _edit_meta(f, _set("model_config.n_layer", 10**12)), "n_layer"),
+    "n_layer beyond the tensors": (lambda f: _edit_meta(f, _set("model_config.n_layer", 5000)), "n_layer"),
+    "huge n_embd": (lambda f: _edit_meta(f, _set("model_config.n_embd", 10**9)), "n_embd"),
+    "changed block_size": (lambda f: _edit_meta(f, _set("model_config.block_size", 32)), "wpe"),
+    "huge block_size": (lambda f: _edit_meta(f, _set("model_config.block_size", 10**9)), "block_size"),
+    "n_head not dividing": (lambda f: _edit_meta(f, _set("model_config.n_head", 3)), "n_head"),
+    "negative dropout": (lambda f: _edit_meta(f, _set("model_config.dropout", -1.0)), "dropout"),
+    "nan best_val_loss": (lambda f: (f / "meta.json").write_text(re.sub(
+        r'"best_val_loss": [^,}]+', '"best_val_loss": NaN', (f / "meta.json").read_text())), "best_val_loss"),
+    "meta is a list": (lambda f: (f / "meta.json").write_text("[1, 2]"), "not a minigpt checkpoint"),
+    "deeply nested json": (lambda f: (f / "meta.json").write_text("[" * 100000 + "]" * 100000), "meta.json"),
+    "symlink loop": (_symlink("loop"), "model.safetensors"),
+    "weights are /dev/zero": (_symlink("/dev/zero"), "regular file"),
+    "weights missing": (lambda f: (f / "model.safetensors").unlink(), "model.safetensors"),
+    "newer format": (lambda f: _edit_meta(f, _set("format_version", 99)), "newer minigpt"),
+}
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("case", list(DAMAGED))
+def test_generate_refuses_a_damaged_checkpoint_in_one_line(tmp_path: Path, good_run: Path, capsys, case: str):
+    from minigpt.cli import main
+
+    damage, words = DAMAGED[case]
+    folder = _copy(good_run / "ckpt", tmp_path / "ckpt")
+    damage(folder)
+    code = main(["generate", "--checkpoint", str(folder), "--prompt", "Sp", "--length", "3"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1 and "error:" in lines[0], err
+    assert words in lines[0], lines[0]
+
+
+STATE_DAMAGE = {
+    "step 10**9": ({"step": 10**9}, "step"),
+    "step mismatch": ({"step": 3}, "step"),
+    "step as float": ({"step": 2.5}, "step"),
+    "negative tokens_seen": ({"tokens_seen": -1}, "tokens_seen"),
+    "nan elapsed": ({"elapsed": float("nan")}, "elapsed"),
+    "optimizer as list": ({"optimizer": [1]}, "optimizer"),
+    "history as tensor": ({"history": torch.zeros(2)}, "history"),
+    "rng empty": ({"rng": []}, "rng"),
+    "data_rng wrong dtype": ({"data_rng": [torch.zeros(3)]}, "data_rng"),
+    "world_size 0": ({"world_size": 0}, "world_size"),
+    "optimizer of another model": ({"optimizer": {"state": {}, "param_groups": [{"params": [0]}]}}, "does not fit"),
+}
+
+
+@pytest.mark.parametrize("case", list(STATE_DAMAGE))
+def test_resume_refuses_a_damaged_training_state(tmp_path: Path, good_run: Path, text_file: Path, capsys, case):
+    import hashlib
+
+    from minigpt.cli import main
+
+    change, words = STATE_DAMAGE[case]
+    out = tmp_path / "run"
+    folder = _copy(good_run / "ckpt", out / "ckpt")
+    state = torch.load(folder / "train_state.pt", weights_only=True)
+    state.update(change)
+    torch.save(state, folder / "train_state.pt")
+    digest = hashlib.sha256((folder / "train_state.pt").read_bytes()).hexdigest()
+    _edit_meta(folder, lambda m: m["sha256"].__setitem__("train_state.pt", digest))
+    code = main(["train", "--data-file", str(text_file), "--out-dir", str(out), "--resume", "--max-iters", "6",
+                 "--sample-length", "0", "--quiet", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and words in err, err
+
+
+def test_stale_temporary_files_are_cleaned_up(tmp_path: Path, good_run: Path, text_file: Path):
+    from minigpt.checkpoint import prepare_out_dir
+
+    out = tmp_path / "run"
+    _copy(good_run / "ckpt", out / "ckpt")
+    _copy(good_run / "ckpt", out / ".ckpt.tmp-999999999")  # a save killed half-way by a dead process
+    _copy(good_run / "ckpt", out / ".ckpt.old")
+    (out / ".history.json.999999999-1.tmp").write_text("{")
+    prepare_out_dir(out, resume=True)
+    assert sorted(p.name for p in out.iterdir()) == ["ckpt"]
