@@ -66,10 +66,14 @@ def _checked(parse: Any, ok: Any, rule: str, kind: str) -> Any:
     return convert
 
 
-_positive_int = _checked(int, lambda v: v >= 1, ">= 1", "a whole number")
-_non_negative_int = _checked(int, lambda v: v >= 0, ">= 0", "a whole number")
-_positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "a number > 0", "a number")
+_MAX_COUNT = 2**40  # steps, tokens, sizes: anything larger is a typo (and overflows int64 arithmetic)
+_positive_int = _checked(int, lambda v: 1 <= v <= _MAX_COUNT, f"in [1, {_MAX_COUNT}]", "a whole number")
+_non_negative_int = _checked(int, lambda v: 0 <= v <= _MAX_COUNT, f"in [0, {_MAX_COUNT}]", "a whole number")
+_seed = _checked(int, lambda v: 0 <= v < 2**62, "in [0, 2**62)", "a whole number")
+_positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "a finite number > 0", "a number")
+_non_negative_float = _checked(float, lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0", "a number")
 _fraction = _checked(float, lambda v: 0.0 <= v < 1.0, "in [0, 1)", "a number")
+_length = _checked(int, lambda v: 0 <= v <= 10**7, "in [0, 10000000]", "a whole number")
 
 
 _DTYPE_ALIASES = {"auto": "auto", "fp32": "float32", "float32": "float32", "bf16": "bfloat16",
@@ -184,7 +188,7 @@ def _add_training_flags(g: Any) -> None:
     g.add_argument("--lr", type=_positive_float, help="peak learning rate")
     g.add_argument("--optimizer", choices=["adamw", "muon"],
                    help="adamw, or muon (Muon for hidden matrices, AdamW for the rest; shakespeare-cpu's choice)")
-    g.add_argument("--min-lr", type=float, help="final learning rate of the decay (default lr/10)")
+    g.add_argument("--min-lr", type=_non_negative_float, help="final learning rate of the decay (default lr/10)")
     g.add_argument("--max-iters", type=_positive_int, help="optimizer steps")
     g.add_argument("--epochs", type=_positive_float,
                    help="passes over the training text; converted to --max-iters from the dataset size")
@@ -192,13 +196,13 @@ def _add_training_flags(g: Any) -> None:
                    "without --max-iters, the steps are planned from the measured speed so the LR decay fits")
     g.add_argument("--warmup-iters", type=_non_negative_int, help="linear warmup steps")
     g.add_argument("--schedule", choices=["cosine", "linear", "constant"], help="learning-rate decay")
-    g.add_argument("--weight-decay", type=float, help="AdamW weight decay")
-    g.add_argument("--grad-clip", type=float, help="max gradient norm (0 = off)")
+    g.add_argument("--weight-decay", type=_non_negative_float, help="AdamW weight decay")
+    g.add_argument("--grad-clip", type=_non_negative_float, help="max gradient norm (0 = off)")
     g.add_argument("--grad-accum", type=_positive_int, help="micro-batches per optimizer step")
     g.add_argument("--eval-interval", type=_non_negative_int, help="steps between evaluations (0 = never)")
     g.add_argument("--eval-iters", type=_positive_int, help="batches per evaluation")
     g.add_argument("--patience", type=_positive_int, help="early stopping: evaluations without improvement")
-    g.add_argument("--seed", type=_non_negative_int, help="random seed (default 1337)")
+    g.add_argument("--seed", type=_seed, help="random seed (default 1337)")
 
 
 def _add_output_flags(g: Any) -> None:
@@ -227,16 +231,17 @@ def _add_generate_parser(sub: Any) -> None:
     p.add_argument("--prompt", default=None, help="text to continue (default: a newline)")
     p.add_argument("--prompts-file", help="a file with one prompt per line; generates for each")
     p.add_argument("--interactive", action="store_true", help="type prompts and settings at a prompt")
-    p.add_argument("--length", type=_non_negative_int, default=300, help="new tokens to generate (default 300)")
+    p.add_argument("--length", type=_length, default=300, help="new tokens to generate (default 300)")
     p.add_argument("--temperature", type=float, default=0.8,
                    help="> 0; lower = more focused, 1 = the model's distribution (default 0.8)")
     p.add_argument("--top-k", type=int, default=None, help="sample only from the k likeliest tokens")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with probability >= p")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling: smallest set with probability >= p, in (0, 1]")
     p.add_argument("--greedy", action="store_true", help="always take the likeliest token (deterministic)")
     p.add_argument("--beam-width", type=_positive_int, default=1, help="beam search with this many beams (>1)")
     p.add_argument("--num-samples", type=_positive_int, default=1, help="samples per prompt")
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (1 = off)")
-    p.add_argument("--seed", type=_non_negative_int, default=None, help="make sampling reproducible")
+    p.add_argument("--seed", type=_seed, default=None, help="make sampling reproducible")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context every step (slow)")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")
@@ -337,8 +342,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.epochs is not None and args.max_iters is not None:
         raise CLIError("give either --epochs or --max-iters, not both")
-    if args.min_lr is not None and args.min_lr < 0:
-        raise CLIError(f"--min-lr must be >= 0, got {args.min_lr}")
     preset = get_preset(args.preset)
     overrides = _train_overrides(args)
     text, source = _load_text(args.data_file)
@@ -353,7 +356,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed_everything(preset.train_config(**overrides).seed)
         model, tokenizer, block_size = _new_model(args, preset, text)
     ids = _encode(tokenizer, text)
-    train_ids, val_ids = train_val_split(ids, args.val_fraction) if args.val_fraction > 0 else (ids, ids)
+    if args.val_fraction > 0:
+        train_ids, val_ids = train_val_split(ids, args.val_fraction)
+    else:
+        train_ids, val_ids = ids, ids
+        _say("note: --val-fraction 0 validates on the training text itself: the val loss then measures "
+             "memorisation, not generalisation (and best/ is chosen by it)")
     config = preset.train_config(**overrides)  # on --resume, overrides start from the saved run's config
     get_batch = lm_batches(train_ids, val_ids, block_size, config.batch_size)
     plan = plan_run(config, get_batch, model, epochs=args.epochs,
@@ -575,8 +583,8 @@ class _Generator:
             self.temperature = t
         elif name in ("length", "len"):
             n = int(value)
-            if n < 0:
-                raise ValueError(f"length must be >= 0, got {n}")
+            if not 0 <= n <= 10**7:
+                raise ValueError(f"length must be in [0, 10000000], got {n}")
             self.length = n
         elif name in ("topk", "top_k", "top-k"):
             k = None if off else int(value)
@@ -591,7 +599,10 @@ class _Generator:
                 raise ValueError("use `greedy on` or `greedy off`")
             self.greedy = value.lower() in ("on", "true", "1")
         elif name == "seed":
-            self.seed = None if value.lower() in ("off", "none") else int(value)
+            seed = None if value.lower() in ("off", "none") else int(value)
+            if seed is not None and not 0 <= seed < 2**62:
+                raise ValueError(f"seed must be in [0, 2**62), got {seed}")
+            self.seed = seed
         return self.settings()
 
 
@@ -671,8 +682,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         if not args.greedy:
             validate_sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
+        validate_sampling(repetition_penalty=args.repetition_penalty)  # it changes greedy output too
     except ValueError as e:
-        parser.error(str(e).replace("greedy=True", "--greedy"))
+        flag = str(e).split(" ")[0].replace("_", "-")
+        parser.error(f"--{flag}: " + str(e).replace("greedy=True", "--greedy"))
     prompts = _read_prompts(args.prompts_file) if args.prompts_file else None
 
     folder = resolve_checkpoint(args.checkpoint)

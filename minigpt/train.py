@@ -150,39 +150,37 @@ class TrainConfig:
     muon_momentum: float = 0.95  # Muon's momentum (optimizer="muon" only)
 
     def __post_init__(self) -> None:
-        positive = ("max_iters", "batch_size", "grad_accum", "log_interval")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+        """Every field checked: type, finite, in range; the message names the field (and the CLI flag)."""
+        for name in ("max_iters", "batch_size", "grad_accum", "log_interval"):
+            _check_int(name, getattr(self, name), 1)
         for name in ("warmup_iters", "eval_interval", "eval_iters", "checkpoint_interval"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"TrainConfig.{name} must be an integer >= 0, got {value!r}")
+            _check_int(name, getattr(self, name), 0)
+        _check_int("seed", self.seed, 0, 2**62 - 1)  # generators take seed + rank + offsets in int64
+        if self.lr_decay_iters is not None:
+            _check_int("lr_decay_iters", self.lr_decay_iters, 1)
+        if self.early_stopping_patience is not None:
+            _check_int("early_stopping_patience", self.early_stopping_patience, 1)
         if self.eval_interval and self.eval_iters < 1:
             raise ValueError("eval_iters must be >= 1 when eval_interval > 0 (or set eval_interval=0)")
-        if not (isinstance(self.lr, int | float) and self.lr > 0 and math.isfinite(self.lr)):
+        if not (_is_number(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r} (typical: 1e-3 small, 3e-4 larger)")
-        if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if not 0 <= self.muon_momentum < 1:
-            raise ValueError(f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if self.grad_clip < 0 or self.weight_decay < 0:
-            raise ValueError("grad_clip and weight_decay must be >= 0")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ValueError(f"beta1/beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            raise ValueError("early_stopping_patience must be >= 1 or None")
+        if self.min_lr is not None and not (_is_number(self.min_lr) and 0 <= self.min_lr <= self.lr):
+            raise ValueError(f"min_lr (--min-lr) must be in [0, lr={self.lr}], got {self.min_lr}")
+        for name in ("grad_clip", "weight_decay", "min_delta"):
+            value = getattr(self, name)
+            if not (_is_number(value) and value >= 0):
+                raise ValueError(f"{name} (--{name.replace('_', '-')}) must be a finite number >= 0, got {value!r}")
+        for name in ("beta1", "beta2", "muon_momentum"):
+            value = getattr(self, name)
+            if not (_is_number(value) and 0 <= value < 1):
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        for name, allowed in (("schedule", SCHEDULES), ("optimizer", OPTIMIZERS), ("dtype", DTYPES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.early_stopping_patience is not None and not self.eval_interval:
             raise ValueError("early stopping needs evaluations: set eval_interval > 0")
-        if self.max_time_s is not None and self.max_time_s <= 0:
-            raise ValueError(f"max_time_s must be > 0 or None, got {self.max_time_s}")
+        if self.max_time_s is not None and not (_is_number(self.max_time_s) and self.max_time_s > 0):
+            raise ValueError(f"max_time_s (--max-time) must be a finite number > 0 or None, got {self.max_time_s}")
 
     @property
     def min_lr_value(self) -> float:
@@ -199,6 +197,19 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+_MAX_STEPS = 2**40  # larger counts are typos; they would also overflow int64 token counters
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(name: str, value: Any, low: int, high: int = _MAX_STEPS) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        flag = "--patience" if name == "early_stopping_patience" else "--" + name.replace("_", "-")
+        raise ValueError(f"TrainConfig.{name} ({flag}) must be an integer in [{low}, {high}], got {value!r}")
 
 
 class TrainingDiverged(FloatingPointError):
@@ -432,6 +443,7 @@ def plan_run(
         config = dataclasses.replace(config, max_iters=steps)
         notes.append(f"{epochs:g} epochs of {train_tokens:,} tokens = {steps} steps of {per_step:,} tokens")
     if config.lr_decay_iters is not None and config.lr_decay_iters > config.max_iters:
+        notes.append(f"lr_decay_iters {config.lr_decay_iters} clamped to max_iters = {config.max_iters}")
         config = dataclasses.replace(config, lr_decay_iters=config.max_iters)
     if config.warmup_iters >= config.max_iters:
         config = dataclasses.replace(config, warmup_iters=config.max_iters // 10)
@@ -441,7 +453,11 @@ def plan_run(
         return RunPlan(config, None, notes)
     if model is None or get_batch is None:
         raise ValueError("fitting the steps to max_time_s measures the speed: pass get_batch and model")
+    asked_warmup = config.warmup_iters
     config, sps = fit_to_budget(model, get_batch, config)
+    if config.warmup_iters != asked_warmup:
+        notes.append(f"warmup shortened from {asked_warmup} to {config.warmup_iters} steps (a tenth of the "
+                     "planned run)")
     notes.append(f"schedule: {sps:.1f} steps/s measured, so {config.max_iters} steps fit the "
                  f"{config.max_time_s:g} s budget")
     return RunPlan(config, sps, notes)

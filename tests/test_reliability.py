@@ -379,3 +379,161 @@ def test_stale_temporary_files_are_cleaned_up(tmp_path: Path, good_run: Path, te
     (out / ".history.json.999999999-1.tmp").write_text("{")
     prepare_out_dir(out, resume=True)
     assert sorted(p.name for p in out.iterdir()) == ["ckpt"]
+
+
+# ---------------------------------------------------------------------------- 4. numbers at the edges
+
+
+def _main_code(argv: list[str]) -> int:
+    from minigpt.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as e:  # argparse refuses a flag with exit 2
+        return int(e.code or 0)
+
+
+TRAIN_FLAGS = {
+    "--weight-decay nan": (["--weight-decay", "nan"], "--weight-decay"),
+    "--weight-decay -1": (["--weight-decay", "-1"], "--weight-decay"),
+    "--grad-clip nan": (["--grad-clip", "nan"], "--grad-clip"),
+    "--grad-clip inf": (["--grad-clip", "inf"], "--grad-clip"),
+    "--min-lr nan": (["--min-lr", "nan"], "--min-lr"),
+    "--lr inf": (["--lr", "inf"], "--lr"),
+    "--lr nan": (["--lr", "nan"], "--lr"),
+    "--max-time nan": (["--max-time", "nan"], "--max-time"),
+    "--max-time -1": (["--max-time", "-1"], "--max-time"),
+    "--epochs inf": (["--epochs", "inf"], "--epochs"),
+    "--seed 2**70": (["--seed", str(2**70)], "--seed"),
+    "--seed -1": (["--seed", "-1"], "--seed"),
+    "--max-iters 10**30": (["--max-iters", str(10**30)], "--max-iters"),
+    "--max-iters 5000 digits": (["--max-iters", "9" * 5000], "--max-iters"),
+    "--batch-size 0": (["--batch-size", "0"], "--batch-size"),
+    "--dropout nan": (["--dropout", "nan"], "--dropout"),
+    "--val-fraction 1": (["--val-fraction", "1"], "--val-fraction"),
+    "--eval-iters 0": (["--eval-iters", "0"], "--eval-iters"),
+    "--min-lr above lr": (["--min-lr", "1", "--lr", "0.1"], "min_lr"),
+}
+
+
+@pytest.mark.parametrize("case", list(TRAIN_FLAGS))
+def test_train_refuses_bad_numbers_naming_the_flag(tmp_path: Path, text_file: Path, capsys, case: str):
+    flags, name = TRAIN_FLAGS[case]
+    code = _main_code(["train", "--data-file", str(text_file), "--out-dir", str(tmp_path / "o"), "--max-iters",
+                       "2", "--eval-interval", "0", "--sample-length", "0", *TINY, *flags]
+                      if "--max-iters" not in flags else
+                      ["train", "--data-file", str(text_file), "--out-dir", str(tmp_path / "o"), "--sample-length",
+                       "0", *TINY, *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and name in err and "Traceback" not in err, err
+    assert not (tmp_path / "o" / "ckpt").exists()
+
+
+def test_train_says_what_it_changed(tmp_path: Path, text_file: Path, capsys):
+    code = _main_code(["train", "--data-file", str(text_file), "--out-dir", str(tmp_path / "o"), "--max-iters", "6",
+                       "--warmup-iters", "1000000", "--val-fraction", "0", "--eval-interval", "3",
+                       "--sample-length", "0", *TINY])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "warmup shortened to 0 steps" in out and "--val-fraction 0" in out
+
+
+GENERATE_FLAGS = {
+    "temperature nan": (["--temperature", "nan"], "temperature"),
+    "temperature inf": (["--temperature", "inf"], "temperature"),
+    "top_p nan": (["--top-p", "nan"], "top_p"),
+    "top_k 0": (["--top-k", "0"], "top_k"),
+    "repetition penalty nan with greedy": (["--greedy", "--repetition-penalty", "nan"], "repetition_penalty"),
+    "repetition penalty inf": (["--repetition-penalty", "inf"], "repetition_penalty"),
+    "length 10**8": (["--length", str(10**8)], "--length"),
+    "seed 2**70": (["--seed", str(2**70)], "--seed"),
+    "length of 5000 digits": (["--length", "9" * 5000], "--length"),
+}
+
+
+@pytest.mark.parametrize("case", list(GENERATE_FLAGS))
+def test_generate_refuses_bad_numbers_naming_the_flag(good_run: Path, capsys, case: str):
+    flags, name = GENERATE_FLAGS[case]
+    code = _main_code(["generate", "--checkpoint", str(good_run), "--prompt", "Sp", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and name in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("flags", [["--temperature", "1e-300"], ["--top-p", "1e-300"],
+                                   ["--temperature", "1e-300", "--top-p", "1e-300", "--top-k", "1"],
+                                   ["--temperature", "1e-45", "--stream"]])
+def test_tiny_temperature_and_top_p_sample_the_likeliest_token(good_run: Path, capsys, flags: list[str]):
+    greedy = _main_code(["generate", "--checkpoint", str(good_run), "--prompt", "Sp", "--length", "8", "--greedy"])
+    expected = capsys.readouterr().out
+    code = _main_code(["generate", "--checkpoint", str(good_run), "--prompt", "Sp", "--length", "8", "--seed", "1",
+                       *flags])
+    assert greedy == code == 0
+    if "--top-p" not in flags or "--temperature" in flags:  # the limit of both is greedy decoding
+        assert capsys.readouterr().out.strip() == expected.strip()
+
+
+def test_sample_next_stays_finite_at_the_edges():
+    from minigpt.generation import sample_next
+
+    logits = torch.tensor([[1.0, 3.0, -2.0, float("-inf")], [0.0, 0.0, 5.0, 4.0]])
+    for t in (1e-300, 5e-324, 1e-30):  # the limit is the likeliest token
+        out = sample_next(logits, temperature=t, top_p=1e-300, generator=torch.Generator().manual_seed(0))
+        assert out.tolist() == [[1], [2]]
+        assert sample_next(logits, temperature=t).tolist() == [[1], [2]]
+    out = sample_next(logits, temperature=1e300)  # the other limit: uniform over the finite tokens
+    assert out[0, 0] in (0, 1, 2)
+
+
+@pytest.mark.parametrize("field,value", [("weight_decay", float("nan")), ("grad_clip", float("nan")),
+                                         ("min_delta", float("inf")), ("seed", 2**70), ("max_iters", True),
+                                         ("lr_decay_iters", 0), ("beta2", float("nan")), ("max_time_s", float("inf"))])
+def test_train_config_refuses_non_finite_and_out_of_range(field: str, value):
+    from minigpt.train import TrainConfig
+
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field,value", [("layer_norm_eps", float("nan")), ("rope_base", 0.0), ("d_ff", 0),
+                                         ("n_layer", True), ("bias", "yes")])
+def test_gpt_config_refuses_bad_values(field: str, value):
+    from minigpt.model import GPTConfig
+
+    with pytest.raises(ValueError, match=field):
+        GPTConfig(**{field: value})
+
+
+def _symlink_loop(path: Path) -> None:
+    os.symlink(path.with_name("loop-b"), path)
+    os.symlink(path, path.with_name("loop-b"))
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink loop", "inside a file"])
+def test_output_folder_is_checked_before_training(tmp_path: Path, text_file: Path, capsys, kind: str):
+    out = tmp_path / "out"
+    if kind == "file":
+        out.write_text("x")
+    elif kind == "symlink loop":
+        _symlink_loop(out)
+    else:
+        out.write_text("x")
+        out = out / "sub"
+    t0 = time.perf_counter()
+    code = _main_code(["train", "--data-file", str(text_file), "--out-dir", str(out), "--max-iters", "200",
+                       "--sample-length", "0", *TINY])
+    err = capsys.readouterr().err
+    assert code == 2 and "--out-dir" in err and "Traceback" not in err, err
+    assert time.perf_counter() - t0 < 5  # refused before any training
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder_is_refused_at_once(tmp_path: Path, text_file: Path, capsys):
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        code = _main_code(["train", "--data-file", str(text_file), "--out-dir", str(out), "--max-iters", "2",
+                           "--sample-length", "0", *TINY])
+    finally:
+        out.chmod(0o700)
+    assert code == 2 and "cannot be written" in capsys.readouterr().err
