@@ -70,7 +70,7 @@ _MAX_COUNT = 2**40  # steps, tokens, sizes: anything larger is a typo (and overf
 _positive_int = _checked(int, lambda v: 1 <= v <= _MAX_COUNT, f"in [1, {_MAX_COUNT}]", "a whole number")
 _non_negative_int = _checked(int, lambda v: 0 <= v <= _MAX_COUNT, f"in [0, {_MAX_COUNT}]", "a whole number")
 _seed = _checked(int, lambda v: 0 <= v < 2**62, "in [0, 2**62)", "a whole number")
-_positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "a finite number > 0", "a number")
+_positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "a number > 0", "a number")
 _non_negative_float = _checked(float, lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0", "a number")
 _fraction = _checked(float, lambda v: 0.0 <= v < 1.0, "in [0, 1)", "a number")
 _length = _checked(int, lambda v: 0 <= v <= 10**7, "in [0, 10000000]", "a whole number")

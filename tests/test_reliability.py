@@ -537,3 +537,82 @@ def test_read_only_output_folder_is_refused_at_once(tmp_path: Path, text_file: P
     finally:
         out.chmod(0o700)
     assert code == 2 and "cannot be written" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- 6. grading limits
+
+
+_STUBBORN_CELL = """
+import json, os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+with open({path!r}, "w") as f:
+    json.dump({{"pid": os.getpid(), "child": child.pid, "env": dict(os.environ)}}, f)
+while True:
+    try:
+        time.sleep(100)
+    except KeyboardInterrupt:  # a student's loop that swallows the interrupt
+        pass
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie waiting for its parent counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process groups")
+def test_grading_timeout_kills_a_kernel_that_swallows_interrupts(tmp_path: Path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("nbclient")
+    from minigpt import grading
+
+    monkeypatch.setenv("GRADER_SECRET_TOKEN", "s3cret")
+    monkeypatch.setenv("MINIGPT_RESULTS_FILE", str(tmp_path / "results"))
+    report = tmp_path / "kernel.json"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(_STUBBORN_CELL.format(path=str(report))),
+                nbformat.v4.new_code_cell("print('never')")]
+    opts = grading.RunOptions(fast=True, timeout=4, notebook_timeout=60)
+    t0 = time.monotonic()
+    stop = grading._execute(nb, tmp_path, grading.kernel_env(tmp_path / "work", True), opts)
+    assert stop[:2] == (0, "timed out") and "--timeout" in stop[2]
+    assert time.monotonic() - t0 < 40
+    seen = json.loads(report.read_text())
+    deadline = time.monotonic() + 5
+    while (_alive(seen["pid"]) or _alive(seen["child"])) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(seen["pid"]) and not _alive(seen["child"])
+    env = seen["env"]
+    assert "GRADER_SECRET_TOKEN" not in env and "MINIGPT_RESULTS_FILE" not in env
+    assert env["HOME"].startswith(str(tmp_path / "work")) and env["MINIGPT_FAST"] == "1" and "PATH" in env
+
+
+@pytest.mark.parametrize("value", [0, -5, True, 10**9])
+def test_grading_refuses_timeouts_that_switch_the_limit_off(value):
+    from minigpt import grading
+
+    with pytest.raises(ValueError, match="--timeout"):
+        grading.RunOptions(timeout=value)
+    with pytest.raises(ValueError, match="--notebook-timeout"):
+        grading.RunOptions(notebook_timeout=value)
+
+
+def test_grading_checks_the_output_before_grading(tmp_path: Path, capsys):
+    subs = tmp_path / "subs"
+    (subs / "alice").mkdir(parents=True)
+    (tmp_path / "folder.csv").mkdir()
+    for out, words in ((tmp_path / "folder.csv", "is a folder"), (tmp_path / "file" / "g.csv", "cannot be written")):
+        if "file" in str(out):
+            (tmp_path / "file").write_text("x")
+        code = _main_code(["course", "grade", str(subs), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and words in err and "Traceback" not in err, err
+    code = _main_code(["course", "grade", str(subs), "--out", str(tmp_path / "g.csv"), "--timeout", "0"])
+    assert code == 2 and "--timeout" in capsys.readouterr().err
