@@ -222,22 +222,26 @@ def save_checkpoint(
         "best_val_loss": best_val_loss,
         "metadata": metadata or {},
     }
-    try:
-        json.dumps(meta, default=_json_default)
-    except TypeError as e:
-        raise TypeError(f"checkpoint metadata must be JSON-serialisable: {e}") from e
+    _check_json(meta)
 
     files = {WEIGHTS_FILE: st_save(tensors, metadata={"format": "pt", "producer": FORMAT})}
-    meta["sha256"] = {WEIGHTS_FILE: hashlib.sha256(files[WEIGHTS_FILE]).hexdigest(), "model": _model_digest(meta)}
     if train_state is not None:
         import io
 
         buf = io.BytesIO()
         torch.save(train_state, buf)
         files[STATE_FILE] = buf.getvalue()
-        meta["sha256"][STATE_FILE] = hashlib.sha256(files[STATE_FILE]).hexdigest()
+    meta["sha256"] = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    meta["sha256"]["model"] = _model_digest(meta)
     files[META_FILE] = json.dumps(meta, indent=2, default=_json_default).encode()  # last: marks it complete
     return _write_folder(path, files)
+
+
+def _check_json(meta: dict[str, Any]) -> None:
+    try:
+        json.dumps(meta, default=_json_default)
+    except TypeError as e:
+        raise TypeError(f"checkpoint metadata must be JSON-serialisable: {e}") from e
 
 
 def _write_folder(path: Path, files: dict[str, bytes]) -> Path:
