@@ -57,6 +57,7 @@ from .checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     load_train_state,
+    prepare_out_dir,
     read_meta,
     save_checkpoint,
     unwrap_model,
@@ -637,6 +638,8 @@ class Trainer:
 
     def _resume_or_seed(self) -> bool:
         """Continue from out_dir's latest checkpoint if asked and there is one (True); else seed."""
+        if self.out_dir is not None and self.is_main:  # a folder that cannot take checkpoints fails now
+            prepare_out_dir(self.out_dir, resume=True)
         if self.resume and self.out_dir is not None:
             ckpt = latest_checkpoint(self.out_dir)
             if ckpt is not None:

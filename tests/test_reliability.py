@@ -616,3 +616,18 @@ def test_grading_checks_the_output_before_grading(tmp_path: Path, capsys):
         assert code == 2 and words in err and "Traceback" not in err, err
     code = _main_code(["course", "grade", str(subs), "--out", str(tmp_path / "g.csv"), "--timeout", "0"])
     assert code == 2 and "--timeout" in capsys.readouterr().err
+
+
+def test_trainer_checks_its_output_folder_before_the_first_step(tmp_path: Path):
+    from minigpt.checkpoint import CheckpointError
+    from minigpt.model import GPT, GPTConfig
+    from minigpt.train import lm_batches, train
+
+    (tmp_path / "f").write_text("x")
+    data = torch.randint(0, 11, (500,), generator=torch.Generator().manual_seed(0))
+    steps = []
+    with pytest.raises(CheckpointError, match="is a file"):
+        train(GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16)),
+              lm_batches(data[:400], data[400:], 8, 4), max_iters=5, eval_interval=0, progress=False,
+              out_dir=str(tmp_path / "f"), device="cpu", callback=lambda e: steps.append(e.step))
+    assert steps == []
