@@ -73,6 +73,9 @@ _seed = _checked(int, lambda v: 0 <= v < 2**62, "in [0, 2**62)", "a whole number
 _positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "a number > 0", "a number")
 _non_negative_float = _checked(float, lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0", "a number")
 _fraction = _checked(float, lambda v: 0.0 <= v < 1.0, "in [0, 1)", "a number")
+_size = _checked(int, lambda v: 1 <= v <= 2**16, "in [1, 65536]", "a whole number")  # widths, contexts
+_layers = _checked(int, lambda v: 1 <= v <= 1024, "in [1, 1024]", "a whole number")
+_big_size = _checked(int, lambda v: 1 <= v <= 2**20, "in [1, 1048576]", "a whole number")
 _length = _checked(int, lambda v: 0 <= v <= 10**7, "in [0, 10000000]", "a whole number")
 
 
@@ -168,23 +171,23 @@ def _add_model_flags(g: Any, presets: list[str]) -> None:
                    help="starting point for every setting below (default: shakespeare-cpu)")
     g.add_argument("--model-type", default="transformer", choices=["transformer", "mlp", "bigram"],
                    help="transformer (GPT), or a baseline without attention (default: transformer)")
-    g.add_argument("--n-layer", type=_positive_int, help="transformer blocks")
-    g.add_argument("--n-head", type=_positive_int, help="attention heads (must divide --n-embd)")
-    g.add_argument("--n-embd", type=_positive_int, help="model width (embedding size)")
-    g.add_argument("--block-size", type=_positive_int, help="context length in tokens")
-    g.add_argument("--d-ff", type=_positive_int, help="feed-forward width (transformer, default 4*n_embd) "
+    g.add_argument("--n-layer", type=_layers, help="transformer blocks")
+    g.add_argument("--n-head", type=_size, help="attention heads (must divide --n-embd)")
+    g.add_argument("--n-embd", type=_size, help="model width (embedding size)")
+    g.add_argument("--block-size", type=_size, help="context length in tokens")
+    g.add_argument("--d-ff", type=_big_size, help="feed-forward width (transformer, default 4*n_embd) "
                    "or hidden width (mlp)")
-    g.add_argument("--context", type=_positive_int, help="tokens the mlp baseline reads (default 8)")
+    g.add_argument("--context", type=_size, help="tokens the mlp baseline reads (default 8)")
     g.add_argument("--dropout", type=_fraction, help="dropout probability in [0, 1)")
     g.add_argument("--position", choices=["learned", "rope", "sinusoidal", "none"],
                    help="positional encoding of the transformer (shakespeare-cpu: rope)")
     g.add_argument("--tokenizer", default="char", choices=["char", "bpe"],
                    help="char (one id per character, default) or byte-level BPE")
-    g.add_argument("--vocab-size", type=_positive_int, default=512, help="BPE vocabulary size (default 512)")
+    g.add_argument("--vocab-size", type=_big_size, default=512, help="BPE vocabulary size (default 512)")
 
 
 def _add_training_flags(g: Any) -> None:
-    g.add_argument("--batch-size", type=_positive_int, help="sequences per step")
+    g.add_argument("--batch-size", type=_big_size, help="sequences per step")
     g.add_argument("--lr", type=_positive_float, help="peak learning rate")
     g.add_argument("--optimizer", choices=["adamw", "muon"],
                    help="adamw, or muon (Muon for hidden matrices, AdamW for the rest; shakespeare-cpu's choice)")
@@ -198,7 +201,7 @@ def _add_training_flags(g: Any) -> None:
     g.add_argument("--schedule", choices=["cosine", "linear", "constant"], help="learning-rate decay")
     g.add_argument("--weight-decay", type=_non_negative_float, help="AdamW weight decay")
     g.add_argument("--grad-clip", type=_non_negative_float, help="max gradient norm (0 = off)")
-    g.add_argument("--grad-accum", type=_positive_int, help="micro-batches per optimizer step")
+    g.add_argument("--grad-accum", type=_big_size, help="micro-batches per optimizer step")
     g.add_argument("--eval-interval", type=_non_negative_int, help="steps between evaluations (0 = never)")
     g.add_argument("--eval-iters", type=_positive_int, help="batches per evaluation")
     g.add_argument("--patience", type=_positive_int, help="early stopping: evaluations without improvement")
@@ -293,7 +296,7 @@ def _load_text(data_file: str | None) -> tuple[str, str]:
     return load_shakespeare(), "tiny Shakespeare"
 
 
-def _build_model(args: argparse.Namespace, preset: Any, vocab_size: int) -> tuple[Any, int]:
+def _build_model(args: argparse.Namespace, preset: Any, vocab_size: int, say: bool = True) -> tuple[Any, int]:
     """The model the flags describe, and the block size to train on."""
     if args.model_type == "transformer":
         overrides = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "d_ff", "dropout",
@@ -305,7 +308,7 @@ def _build_model(args: argparse.Namespace, preset: Any, vocab_size: int) -> tupl
     block = args.block_size or preset.model_config().block_size
     ignored = [f"--{k.replace('_', '-')}" for k in ("n_layer", "n_head", "dropout", "position")
                if getattr(args, k) is not None]
-    if ignored:
+    if ignored and say:
         _say(f"note: {', '.join(ignored)} do not apply to --model-type {args.model_type}; ignored")
     if args.model_type == "bigram":
         from .baselines import BigramConfig, BigramLM
@@ -412,8 +415,28 @@ def _new_model(args: argparse.Namespace, preset: Any, text: str) -> tuple[Any, A
         tokenizer = CharTokenizer.from_text(text)
     else:
         tokenizer = BPETokenizer.train(text, vocab_size=args.vocab_size)
+    import torch
+
+    with torch.device("meta"):  # sizes first, without allocating: a typo must not take the machine's memory
+        skeleton, block_size = _build_model(args, preset, tokenizer.vocab_size, say=False)
+    _check_memory(skeleton, block_size, args.batch_size or preset.train_config().batch_size, tokenizer.vocab_size)
     model, block_size = _build_model(args, preset, tokenizer.vocab_size)
     return model, tokenizer, block_size
+
+
+def _check_memory(model: Any, block_size: int, batch_size: int, vocab_size: int) -> None:
+    """Refuse a model + batch that cannot fit in this machine's memory (weights, gradients, two AdamW
+    moments, and the logits of one batch with their gradient), before anything is allocated."""
+    params = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+    need = 4 * (4 * params + 3 * batch_size * block_size * vocab_size)
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no way to ask, so no check
+        return
+    if need > have:
+        raise CLIError(f"this model ({params:,} parameters) with --batch-size {batch_size} and block size "
+                       f"{block_size} needs about {need / 2**30:.1f} GiB, more than this machine's "
+                       f"{have / 2**30:.1f} GiB; lower --n-layer/--n-embd/--block-size/--batch-size")
 
 
 def _resumed_model(

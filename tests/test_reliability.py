@@ -631,3 +631,17 @@ def test_trainer_checks_its_output_folder_before_the_first_step(tmp_path: Path):
               lm_batches(data[:400], data[400:], 8, 4), max_iters=5, eval_interval=0, progress=False,
               out_dir=str(tmp_path / "f"), device="cpu", callback=lambda e: steps.append(e.step))
     assert steps == []
+
+
+@pytest.mark.parametrize("flags,words", [(["--n-embd", "60000", "--n-head", "1"], "GiB"),
+                                         (["--batch-size", "1000000", "--block-size", "60000"], "GiB"),
+                                         (["--block-size", str(10**9)], "--block-size"),
+                                         (["--n-layer", str(10**6)], "--n-layer")])
+def test_a_model_too_big_for_the_machine_is_refused_before_allocation(tmp_path: Path, text_file: Path, capsys,
+                                                                      flags, words):
+    t0 = time.perf_counter()
+    code = _main_code(["train", "--data-file", str(text_file), "--out-dir", str(tmp_path / "o"), "--max-iters", "2",
+                       "--sample-length", "0", "--quiet", "--device", "cpu", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and "Traceback" not in err, err
+    assert time.perf_counter() - t0 < 20
