@@ -27,11 +27,14 @@ Why this shape:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import importlib
 import inspect
 import json
 import logging
+import math
 import os
 import shutil
 import typing
@@ -47,7 +50,8 @@ from .atomic import write_synced as _write_bytes  # one name, so a test can simu
 
 __all__ = [
     "BEST_DIR", "LATEST_DIR", "MODEL_REGISTRY", "CheckpointError", "CheckpointInfo", "build_model",
-    "latest_checkpoint", "load_checkpoint", "load_train_state", "read_meta", "register_model",
+    "clean_stale_files", "latest_checkpoint", "load_checkpoint", "load_train_state", "prepare_out_dir",
+    "read_meta", "register_model",
     "resolve_checkpoint", "save_checkpoint", "strip_prefixes", "unwrap_model",
 ]
 
@@ -218,10 +222,7 @@ def save_checkpoint(
         "best_val_loss": best_val_loss,
         "metadata": metadata or {},
     }
-    try:
-        meta_bytes = json.dumps(meta, indent=2, default=_json_default).encode()
-    except TypeError as e:
-        raise TypeError(f"checkpoint metadata must be JSON-serialisable: {e}") from e
+    _check_json(meta)
 
     files = {WEIGHTS_FILE: st_save(tensors, metadata={"format": "pt", "producer": FORMAT})}
     if train_state is not None:
@@ -230,8 +231,17 @@ def save_checkpoint(
         buf = io.BytesIO()
         torch.save(train_state, buf)
         files[STATE_FILE] = buf.getvalue()
-    files[META_FILE] = meta_bytes  # last: a folder with meta.json is complete
+    meta["sha256"] = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    meta["sha256"]["model"] = _model_digest(meta)
+    files[META_FILE] = json.dumps(meta, indent=2, default=_json_default).encode()  # last: marks it complete
     return _write_folder(path, files)
+
+
+def _check_json(meta: dict[str, Any]) -> None:
+    try:
+        json.dumps(meta, default=_json_default)
+    except TypeError as e:
+        raise TypeError(f"checkpoint metadata must be JSON-serialisable: {e}") from e
 
 
 def _write_folder(path: Path, files: dict[str, bytes]) -> Path:
@@ -284,37 +294,131 @@ def _resolve(path: str | os.PathLike) -> Path:
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """The parsed meta.json of a checkpoint folder (validated)."""
+    """The parsed meta.json of a checkpoint folder, every field checked (see `validate_meta`)."""
     folder = _resolve(path)
     try:
-        meta = json.loads((folder / META_FILE).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        meta = json.loads(_read_regular(folder / META_FILE, _MAX_META_BYTES))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"{folder / META_FILE} is unreadable or truncated ({e}); re-save it") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{folder / META_FILE} is not a minigpt checkpoint (no format={FORMAT!r})")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{folder} was written by a newer minigpt (format {meta['format_version']}); upgrade minigpt"
-        )
+    validate_meta(meta, folder)
     return meta
 
 
-def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+_MAX_META_BYTES = 256 * 2**20  # a BPE vocabulary of 100k merges is ~10 MB
+_MAX_DIM = 2**20  # any size in a model config (width, vocabulary, heads, ...)
+_MAX_CONTEXT = 2**16  # block_size / max_len: position tables of this many rows are allocated at build
+# type rules of meta.json: field -> (allowed types, what the message says)
+_META_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "format_version": ((int,), "an integer"),
+    "minigpt_version": ((str, type(None)), "a string"),
+    "model_class": ((str,), "a string"),
+    "model_config_kind": ((str, type(None)), "'dataclass', 'kwargs' or null"),
+    "model_config": ((dict, type(None)), "an object"),
+    "tied": ((dict, type(None)), "an object {alias: name}"),
+    "tokenizer": ((dict, type(None)), "an object"),
+    "train_config": ((dict, type(None)), "an object"),
+    "step": ((int, type(None)), "an integer >= 0"),
+    "best_val_loss": ((int, float, type(None)), "a finite number"),
+    "metadata": ((dict, type(None)), "an object"),
+    "sha256": ((dict, type(None)), "an object {file: hex digest}"),
+}
+
+
+def _read_regular(file: Path, limit: int) -> bytes:
+    """The bytes of a regular file no larger than `limit` (not a device, FIFO or symlink loop)."""
+    import stat
+
+    try:
+        st = file.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise CheckpointError(f"{file} is not a regular file; a checkpoint holds plain files")
+        if st.st_size > limit:
+            raise CheckpointError(f"{file} is {st.st_size:,} bytes, more than a checkpoint file may hold ({limit:,})")
+        return file.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"cannot read {file}: {e.strerror or e}") from e
+
+
+def validate_meta(meta: dict[str, Any], folder: str | os.PathLike = "checkpoint") -> None:
+    """Check the type and range of every field of a meta.json; raise CheckpointError naming the first bad one."""
+    where = f"{folder}/{META_FILE}"
+    for key, value in meta.items():
+        if key == "format":
+            continue
+        if key not in _META_TYPES:
+            raise CheckpointError(f"{where}: unknown field {key!r}; the file was not written by minigpt")
+        types, rule = _META_TYPES[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise CheckpointError(f"{where}: {key} must be {rule}, got {type(value).__name__} {value!r:.60}")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{folder} was written by a newer minigpt (format {meta['format_version']}); "
+                              "upgrade minigpt")
+    if meta.get("step") is not None and not 0 <= meta["step"] <= 2**40:
+        raise CheckpointError(f"{where}: step must be in [0, 2**40], got {meta['step']}")
+    loss = meta.get("best_val_loss")
+    if loss is not None and not math.isfinite(loss):
+        raise CheckpointError(f"{where}: best_val_loss must be a finite number, got {loss}")
+    for key in ("tied", "sha256"):
+        if any(not isinstance(k, str) or not isinstance(v, str) for k, v in (meta.get(key) or {}).items()):
+            raise CheckpointError(f"{where}: {key} must map names to strings")
+    config = meta.get("model_config") or {}
+    for key, value in config.items():
+        _check_config_value(where, key, value)
+    tok = meta.get("tokenizer")
+    if tok is not None and not (isinstance(tok.get("data"), dict) and isinstance(tok.get("class"), str | None)):
+        raise CheckpointError(f"{where}: tokenizer must be {{'class': name, 'data': {{...}}}}")
+
+
+def _check_config_value(where: str, key: str, value: Any) -> None:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CheckpointError(f"{where}: model_config.{key} must be finite, got {value}")
+    if isinstance(value, int):
+        limit = _MAX_CONTEXT if key in ("block_size", "max_len", "max_seq_len") else _MAX_DIM
+        if not -1 <= value <= limit:
+            raise CheckpointError(f"{where}: model_config.{key} = {value} is out of range [0, {limit:,}]; "
+                                  "the checkpoint is damaged or was not written by minigpt")
+    elif not isinstance(value, float | list | dict):
+        raise CheckpointError(f"{where}: model_config.{key} has type {type(value).__name__}")
+
+
+def _read_weights(folder: Path, meta: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint, their sha256 checked against meta.json, every float tensor finite."""
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
 
     file = folder / WEIGHTS_FILE
+    data = _read_regular(file, 2**40)
     try:
-        data = file.read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"cannot read {file}: {e}") from e
-    try:
-        return st_load(data)  # always CPU tensors
+        tensors = st_load(data)  # always CPU tensors; parsing runs no code
     except (SafetensorError, ValueError, RuntimeError) as e:
         raise CheckpointError(
             f"{file} is truncated or not a safetensors file ({e}); the write was probably interrupted. "
             "Use another checkpoint (e.g. the best/ folder) or retrain."
         ) from e
+    _verify_sha256(file, data, meta)
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{file}: tensor {name} holds NaN/Inf values; the checkpoint is damaged "
+                                  "(a diverged run never saves such weights)")
+    return tensors
+
+
+def _model_digest(meta: dict[str, Any]) -> str:
+    """sha256 of what rebuilds the model (class, config, tied names): an edit there is caught at load."""
+    keys = ("model_class", "model_config_kind", "model_config", "tied")
+    text = json.dumps({k: meta.get(k) for k in keys}, sort_keys=True, default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _verify_sha256(file: Path, data: bytes, meta: dict[str, Any] | None) -> None:
+    expected = ((meta or {}).get("sha256") or {}).get(file.name)
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise CheckpointError(f"{file} does not match the sha256 recorded in {META_FILE}: the file was changed "
+                              "or damaged after saving; use another checkpoint or retrain")
 
 
 def _config_class(cls: type[nn.Module]) -> type | None:
@@ -347,8 +451,9 @@ def _config_diff(saved: dict[str, Any] | None, current: dict[str, Any] | None) -
     return diffs
 
 
-def build_model(meta: dict[str, Any]) -> nn.Module:
-    """Construct an untrained model of the class and config recorded in `meta`."""
+def build_model(meta: dict[str, Any], device: str | torch.device | None = None) -> nn.Module:
+    """Construct an untrained model of the class and config recorded in `meta` (on `device`; "meta"
+    builds it without allocating memory, to compare its shapes with a weights file first)."""
     name = meta.get("model_class")
     if name not in MODEL_REGISTRY:
         raise CheckpointError(
@@ -361,26 +466,51 @@ def build_model(meta: dict[str, Any]) -> nn.Module:
     except (ImportError, AttributeError) as e:
         raise CheckpointError(f"cannot import {MODEL_REGISTRY[name]} for model class {name!r}: {e}") from e
     kind, config = meta.get("model_config_kind"), meta.get("model_config")
-    if not isinstance(config, dict):
+    if not isinstance(config, dict) or kind not in ("dataclass", "kwargs"):
         raise CheckpointError(f"the checkpoint has no model config for {name}; pass model= to load_checkpoint")
-    if kind == "dataclass":
-        config_cls = _config_class(cls)
-        if config_cls is None:
-            raise CheckpointError(f"cannot find the config dataclass of {name}; pass model= to load_checkpoint")
-        return cls(config_cls(**config))
-    if kind == "kwargs":
-        return cls(**config)
-    raise CheckpointError(f"the checkpoint has no model config for {name}; pass model= to load_checkpoint")
+    config_cls = _config_class(cls) if kind == "dataclass" else None
+    if kind == "dataclass" and config_cls is None:
+        raise CheckpointError(f"cannot find the config dataclass of {name}; pass model= to load_checkpoint")
+    if config_cls is not None:
+        unknown = sorted(set(config) - {f.name for f in dataclasses.fields(config_cls)})
+        if unknown:
+            raise CheckpointError(f"model_config of {name} has unknown keys {unknown}; the checkpoint was edited "
+                                  "or written by another version")
+    try:
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            return cls(config_cls(**config)) if config_cls is not None else cls(**config)
+    except CheckpointError:
+        raise
+    except Exception as e:  # the config's own validation (ValueError), or wrong types (TypeError)
+        raise CheckpointError(f"the saved config of {name} is invalid: {type(e).__name__}: {e}") from e
+
+
+def _check_shapes(folder: Path, tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                  model_name: str, strict: bool) -> None:
+    """The weights file must hold exactly the model's tensors, with the model's shapes."""
+    wrong_shape = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+                   for k, v in tensors.items() if k in expected and expected[k].shape != v.shape]
+    if wrong_shape:
+        raise CheckpointError(f"architecture mismatch with {folder}: " + "; ".join(wrong_shape[:8]))
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    if strict and (missing or unexpected):
+        raise CheckpointError(f"weights in {folder} do not fit {model_name}: missing {missing[:8]}, "
+                              f"unexpected {unexpected[:8]}")
 
 
 def _rebuild_tokenizer(payload: dict[str, Any] | None) -> Any:
     if not payload or payload.get("class") not in TOKENIZER_REGISTRY:
         return None
     try:
-        return _import(TOKENIZER_REGISTRY[payload["class"]]).from_dict(payload["data"])
+        cls = _import(TOKENIZER_REGISTRY[payload["class"]])
     except (ImportError, AttributeError) as e:
         log.warning("could not rebuild tokenizer %s: %s", payload.get("class"), e)
         return None
+    try:
+        return cls.from_dict(payload["data"])
+    except Exception as e:  # crafted or damaged data: wrong types, missing keys, a bad vocabulary
+        raise CheckpointError(f"the saved {payload['class']} is damaged ({type(e).__name__}: {e})") from e
 
 
 def _check_architecture(folder: Path, meta: dict[str, Any], raw: nn.Module) -> None:
@@ -432,42 +562,52 @@ def load_checkpoint(
     """
     folder = _resolve(path)
     meta = read_meta(folder)
-    tensors = strip_prefixes(_read_weights(folder))
+    expected = (meta.get("sha256") or {}).get("model")
+    if expected is not None and expected != _model_digest(meta):
+        raise CheckpointError(f"{folder}/{META_FILE}: the model description (class, config, tied weights) was "
+                              "edited after saving; restore it, or re-save the model with save_checkpoint")
+    tensors = strip_prefixes(_read_weights(folder, meta))
     for alias, kept in (meta.get("tied") or {}).items():
-        if kept in tensors:
-            tensors[alias] = tensors[kept]
+        if kept not in tensors:
+            raise CheckpointError(f"{folder}/{META_FILE}: tied weight {alias!r} points at {kept!r}, "
+                                  "which the weights file does not hold")
+        tensors[alias] = tensors[kept]
     if model is None:
+        _check_layer_counts(folder, meta, tensors)
+        skeleton = build_model(meta, device="meta")  # no memory: shapes first, then the real build
+        _check_shapes(folder, tensors, skeleton.state_dict(), type(skeleton).__name__, strict)
         model = build_model(meta)
     else:
         _check_architecture(folder, meta, unwrap_model(model))
     raw = unwrap_model(model)
-    expected = raw.state_dict()
-    wrong_shape = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-        for k, v in tensors.items()
-        if k in expected and expected[k].shape != v.shape
-    ]
-    if wrong_shape:
-        raise CheckpointError(f"architecture mismatch with {folder}: " + "; ".join(wrong_shape[:8]))
-    result = raw.load_state_dict(tensors, strict=False)
-    if strict and (result.missing_keys or result.unexpected_keys):
-        raise CheckpointError(
-            f"weights in {folder} do not fit {type(raw).__name__}: missing {result.missing_keys[:8]}, "
-            f"unexpected {result.unexpected_keys[:8]}"
-        )
+    _check_shapes(folder, tensors, raw.state_dict(), type(raw).__name__, strict)
+    raw.load_state_dict(tensors, strict=False)
     model.to(device)
     model.eval()
     return model, _info(folder, meta)
 
 
+def _check_layer_counts(folder: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """A count of layers cannot exceed the number of tensors (building 10**6 empty blocks takes minutes)."""
+    for key, value in (meta.get("model_config") or {}).items():
+        if "layer" in key and isinstance(value, int) and value > len(tensors):
+            raise CheckpointError(f"{folder}/{META_FILE}: model_config.{key} = {value} but the weights file "
+                                  f"holds only {len(tensors)} tensors; the checkpoint is damaged")
+
+
 def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
-    """The training state saved beside the weights, read with `torch.load(weights_only=True)`."""
+    """The training state saved beside the weights, read with `torch.load(weights_only=True)`, its
+    sha256 and the type and range of every field checked."""
     folder = _resolve(path)
     file = folder / STATE_FILE
     if not file.exists():
         raise CheckpointError(f"{folder} has no {STATE_FILE} (a best/ or export checkpoint); cannot resume")
+    meta = read_meta(folder)
+    data = _read_regular(file, 2**40)
+    import io
+
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, zip errors from truncation, forbidden globals
         raise CheckpointError(
             f"{file} is truncated or not a minigpt training state ({type(e).__name__}: {e}); "
@@ -475,7 +615,46 @@ def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
         ) from e
     if not isinstance(state, dict):
         raise CheckpointError(f"{file} is not a minigpt training state (got {type(state).__name__})")
+    _verify_sha256(file, data, meta)
+    _validate_train_state(file, state, meta)
     return state
+
+
+# field -> (check, rule) of a training state written by minigpt.train.Trainer
+_STATE_RULES: dict[str, tuple[Any, str]] = {
+    "step": (lambda v: _is_int(v) and 0 <= v <= 2**40, "an integer in [0, 2**40]"),
+    "optimizer": (lambda v: isinstance(v, dict), "an optimizer state_dict"),  # its shape: load_state_dict
+    "history": (lambda v: isinstance(v, dict) and isinstance(v.get("rows", []), list)
+                and all(isinstance(r, dict) for r in v.get("rows", [])), "{'rows': [...]}"),
+    "rng": (lambda v: isinstance(v, dict) or (isinstance(v, list) and v and all(isinstance(r, dict) for r in v)),
+            "a list of RNG states"),
+    "data_rng": (lambda v: isinstance(v, list) and v and all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8
+                                                            for t in v), "a list of generator states"),
+    "best_val_loss": (lambda v: v is None or (isinstance(v, int | float) and math.isfinite(v)), "a finite number"),
+    "evals_without_improvement": (lambda v: _is_int(v) and 0 <= v <= 2**40, "an integer >= 0"),
+    "tokens_seen": (lambda v: _is_int(v) and 0 <= v <= 2**62, "an integer >= 0"),
+    "elapsed": (lambda v: isinstance(v, int | float) and math.isfinite(v) and v >= 0, "a number of seconds >= 0"),
+    "world_size": (lambda v: _is_int(v) and 1 <= v <= 2**16, "an integer >= 1"),
+}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _validate_train_state(file: Path, state: dict[str, Any], meta: dict[str, Any]) -> None:
+    for key, (ok, rule) in _STATE_RULES.items():
+        if key in state and not ok(state[key]):
+            raise CheckpointError(f"{file}: {key} must be {rule}; the training state is damaged")
+    if meta.get("step") is not None and "step" in state and state["step"] != meta["step"]:
+        raise CheckpointError(f"{file}: step {state['step']} differs from meta.json's {meta['step']}; "
+                              "the two files do not belong together")
+    rows = state.get("history", {}).get("rows", [])
+    last = state.get("step", 2**40)
+    if any(not _is_int(r.get("step", 0)) or not 0 <= r.get("step", 0) <= last for r in rows):
+        raise CheckpointError(f"{file}: the history has steps beyond the saved step {state['step']}")
+    if "data_rng" in state and not len(state.get("rng", [])) == len(state["data_rng"]) == state.get("world_size", 1):
+        raise CheckpointError(f"{file}: rng, data_rng and world_size disagree; the training state is damaged")
 
 
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
@@ -485,6 +664,73 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
         if (candidate / META_FILE).exists() and (candidate / WEIGHTS_FILE).exists():
             return candidate
     return None
+
+
+def prepare_out_dir(out_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Check a run's output folder before any work is done, and return it.
+
+    Refused with one CheckpointError: a path that is a file, a symlink loop, a folder that cannot
+    be written, or (unless `resume` or `overwrite`) a folder that already holds a run. With
+    `overwrite`, the old run's checkpoints and history are removed (nothing else in the folder).
+    Stale temporary folders of interrupted saves are cleaned up.
+    """
+    out = Path(out_dir)
+    try:
+        if out.is_symlink() and not out.exists():
+            raise CheckpointError(f"--out-dir {out} is a broken symlink or a symlink loop; pick another folder")
+        if out.exists() and not out.is_dir():
+            raise CheckpointError(f"--out-dir {out} is a file, not a folder; pick another folder")
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CheckpointError(f"--out-dir {out} cannot be written ({e.strerror or e}); pick another folder") from e
+    clean_stale_files(out)
+    held = latest_checkpoint(out) or (out / BEST_DIR if (out / BEST_DIR / META_FILE).exists() else None)
+    if held is not None and not resume and not overwrite:
+        raise CheckpointError(f"{out} already holds a run ({held}); pass --resume to continue it, --overwrite "
+                              "to replace it, or choose another --out-dir")
+    if held is not None and overwrite and not resume:
+        for name in (LATEST_DIR, BEST_DIR, f".{LATEST_DIR}.old", f".{BEST_DIR}.old"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in ("history.csv", "history.json"):
+            (out / name).unlink(missing_ok=True)
+    return out
+
+
+def clean_stale_files(out_dir: str | os.PathLike) -> list[Path]:
+    """Remove temporary leftovers of saves killed half-way (`.NAME.tmp-PID` folders of processes that are
+    gone, `.old` copies beside a complete checkpoint, `.FILE.PID-TID.tmp` files); returns what was removed."""
+    out = Path(out_dir)
+    removed = []
+    for p in list(out.iterdir()) if out.is_dir() else []:
+        name = p.name
+        stale = False
+        if name.startswith(".") and ".tmp-" in name:
+            pid = name.rsplit(".tmp-", 1)[1]
+            stale = not (pid.isdigit() and _pid_alive(int(pid)))
+        elif name.startswith(".") and name.endswith(".old") and p.is_dir():
+            stale = (out / name[1:-4] / META_FILE).is_file()  # the new copy is complete
+        elif name.startswith(".") and name.endswith(".tmp") and p.is_file():
+            pid = name.rsplit(".", 2)[-2].split("-")[0]
+            stale = not (pid.isdigit() and _pid_alive(int(pid)))
+        if stale:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to someone else
+        return True
+    return True
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:

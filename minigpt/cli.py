@@ -66,11 +66,17 @@ def _checked(parse: Any, ok: Any, rule: str, kind: str) -> Any:
     return convert
 
 
-_positive_int = _checked(int, lambda v: v >= 1, ">= 1", "a whole number")
-_non_negative_int = _checked(int, lambda v: v >= 0, ">= 0", "a whole number")
+_MAX_COUNT = 2**40  # steps, tokens, sizes: anything larger is a typo (and overflows int64 arithmetic)
+_positive_int = _checked(int, lambda v: 1 <= v <= _MAX_COUNT, f"in [1, {_MAX_COUNT}]", "a whole number")
+_non_negative_int = _checked(int, lambda v: 0 <= v <= _MAX_COUNT, f"in [0, {_MAX_COUNT}]", "a whole number")
+_seed = _checked(int, lambda v: 0 <= v < 2**62, "in [0, 2**62)", "a whole number")
 _positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "a number > 0", "a number")
-_non_negative_float = _checked(float, lambda v: v >= 0 and math.isfinite(v), "a number >= 0", "a number")
+_non_negative_float = _checked(float, lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0", "a number")
 _fraction = _checked(float, lambda v: 0.0 <= v < 1.0, "in [0, 1)", "a number")
+_size = _checked(int, lambda v: 1 <= v <= 2**16, "in [1, 65536]", "a whole number")  # widths, contexts
+_layers = _checked(int, lambda v: 1 <= v <= 1024, "in [1, 1024]", "a whole number")
+_big_size = _checked(int, lambda v: 1 <= v <= 2**20, "in [1, 1048576]", "a whole number")
+_length = _checked(int, lambda v: 0 <= v <= 10**7, "in [0, 10000000]", "a whole number")
 
 
 _DTYPE_ALIASES = {"auto": "auto", "fp32": "float32", "float32": "float32", "bf16": "bfloat16",
@@ -168,27 +174,27 @@ def _add_model_flags(g: Any, presets: list[str]) -> None:
                    help="starting point for every setting below (default: shakespeare-cpu)")
     g.add_argument("--model-type", default="transformer", choices=["transformer", "mlp", "bigram"],
                    help="transformer (GPT), or a baseline without attention (default: transformer)")
-    g.add_argument("--n-layer", type=_positive_int, help="transformer blocks")
-    g.add_argument("--n-head", type=_positive_int, help="attention heads (must divide --n-embd)")
-    g.add_argument("--n-embd", type=_positive_int, help="model width (embedding size)")
-    g.add_argument("--block-size", type=_positive_int, help="context length in tokens")
-    g.add_argument("--d-ff", type=_positive_int, help="feed-forward width (transformer, default 4*n_embd) "
+    g.add_argument("--n-layer", type=_layers, help="transformer blocks")
+    g.add_argument("--n-head", type=_size, help="attention heads (must divide --n-embd)")
+    g.add_argument("--n-embd", type=_size, help="model width (embedding size)")
+    g.add_argument("--block-size", type=_size, help="context length in tokens")
+    g.add_argument("--d-ff", type=_big_size, help="feed-forward width (transformer, default 4*n_embd) "
                    "or hidden width (mlp)")
-    g.add_argument("--context", type=_positive_int, help="tokens the mlp baseline reads (default 8)")
+    g.add_argument("--context", type=_size, help="tokens the mlp baseline reads (default 8)")
     g.add_argument("--dropout", type=_fraction, help="dropout probability in [0, 1)")
     g.add_argument("--position", choices=["learned", "rope", "sinusoidal", "none"],
                    help="positional encoding of the transformer (shakespeare-cpu: rope)")
     g.add_argument("--tokenizer", default="char", choices=["char", "bpe"],
                    help="char (one id per character, default) or byte-level BPE")
-    g.add_argument("--vocab-size", type=_positive_int, default=512, help="BPE vocabulary size (default 512)")
+    g.add_argument("--vocab-size", type=_big_size, default=512, help="BPE vocabulary size (default 512)")
 
 
 def _add_training_flags(g: Any) -> None:
-    g.add_argument("--batch-size", type=_positive_int, help="sequences per step")
+    g.add_argument("--batch-size", type=_big_size, help="sequences per step")
     g.add_argument("--lr", type=_positive_float, help="peak learning rate")
     g.add_argument("--optimizer", choices=["adamw", "muon"],
                    help="adamw, or muon (Muon for hidden matrices, AdamW for the rest; shakespeare-cpu's choice)")
-    g.add_argument("--min-lr", type=float, help="final learning rate of the decay (default lr/10)")
+    g.add_argument("--min-lr", type=_non_negative_float, help="final learning rate of the decay (default lr/10)")
     g.add_argument("--max-iters", type=_positive_int, help="optimizer steps")
     g.add_argument("--epochs", type=_positive_float,
                    help="passes over the training text; converted to --max-iters from the dataset size")
@@ -196,13 +202,13 @@ def _add_training_flags(g: Any) -> None:
                    "without --max-iters, the steps are planned from the measured speed so the LR decay fits")
     g.add_argument("--warmup-iters", type=_non_negative_int, help="linear warmup steps")
     g.add_argument("--schedule", choices=["cosine", "linear", "constant"], help="learning-rate decay")
-    g.add_argument("--weight-decay", type=float, help="AdamW weight decay")
-    g.add_argument("--grad-clip", type=float, help="max gradient norm (0 = off)")
-    g.add_argument("--grad-accum", type=_positive_int, help="micro-batches per optimizer step")
+    g.add_argument("--weight-decay", type=_non_negative_float, help="AdamW weight decay")
+    g.add_argument("--grad-clip", type=_non_negative_float, help="max gradient norm (0 = off)")
+    g.add_argument("--grad-accum", type=_big_size, help="micro-batches per optimizer step")
     g.add_argument("--eval-interval", type=_non_negative_int, help="steps between evaluations (0 = never)")
     g.add_argument("--eval-iters", type=_positive_int, help="batches per evaluation")
     g.add_argument("--patience", type=_positive_int, help="early stopping: evaluations without improvement")
-    g.add_argument("--seed", type=_non_negative_int, help="random seed (default 1337)")
+    g.add_argument("--seed", type=_seed, help="random seed (default 1337)")
 
 
 def _add_output_flags(g: Any) -> None:
@@ -212,7 +218,9 @@ def _add_output_flags(g: Any) -> None:
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     g.add_argument("--dtype", type=_dtype, help="auto, float32, bfloat16 or float16 (mixed precision)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster on GPU)")
-    g.add_argument("--resume", action="store_true", help="continue from --out-dir/ckpt if it exists")
+    g.add_argument("--resume", action="store_true", help="continue from --out-dir/ckpt if it exists "
+                   "(with the saved run's steps, schedule and time budget unless a flag changes them)")
+    g.add_argument("--overwrite", action="store_true", help="replace a run already in --out-dir")
     g.add_argument("--sample-length", type=_non_negative_int, default=300,
                    help="characters of the sample printed at the end (0 = none)")
     g.add_argument("--quiet", action="store_true", help="no progress bar or step lines (evaluation lines stay)")
@@ -242,16 +250,17 @@ def _add_generate_parser(sub: Any) -> None:
     p.add_argument("--prompt", default=None, help="text to continue (default: a newline)")
     p.add_argument("--prompts-file", help="a file with one prompt per line; generates for each")
     p.add_argument("--interactive", action="store_true", help="type prompts and settings at a prompt")
-    p.add_argument("--length", type=_non_negative_int, default=300, help="new tokens to generate (default 300)")
+    p.add_argument("--length", type=_length, default=300, help="new tokens to generate (default 300)")
     p.add_argument("--temperature", type=float, default=0.8,
                    help="> 0; lower = more focused, 1 = the model's distribution (default 0.8)")
     p.add_argument("--top-k", type=int, default=None, help="sample only from the k likeliest tokens")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with probability >= p")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling: smallest set with probability >= p, in (0, 1]")
     p.add_argument("--greedy", action="store_true", help="always take the likeliest token (deterministic)")
     p.add_argument("--beam-width", type=_positive_int, default=1, help="beam search with this many beams (>1)")
     p.add_argument("--num-samples", type=_positive_int, default=1, help="samples per prompt")
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (1 = off)")
-    p.add_argument("--seed", type=_non_negative_int, default=None, help="make sampling reproducible")
+    p.add_argument("--seed", type=_seed, default=None, help="make sampling reproducible")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context every step (slow)")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")
@@ -306,7 +315,7 @@ def _load_text(data_file: str | None) -> tuple[str, str]:
     return load_shakespeare(), "tiny Shakespeare"
 
 
-def _build_model(args: argparse.Namespace, preset: Any, vocab_size: int) -> tuple[Any, int]:
+def _build_model(args: argparse.Namespace, preset: Any, vocab_size: int, say: bool = True) -> tuple[Any, int]:
     """The model the flags describe, and the block size to train on."""
     if args.model_type == "transformer":
         overrides = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "d_ff", "dropout",
@@ -318,7 +327,7 @@ def _build_model(args: argparse.Namespace, preset: Any, vocab_size: int) -> tupl
     block = args.block_size or preset.model_config().block_size
     ignored = [f"--{k.replace('_', '-')}" for k in ("n_layer", "n_head", "dropout", "position")
                if getattr(args, k) is not None]
-    if ignored:
+    if ignored and say:
         _say(f"note: {', '.join(ignored)} do not apply to --model-type {args.model_type}; ignored")
     if args.model_type == "bigram":
         from .baselines import BigramConfig, BigramLM
@@ -347,29 +356,36 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .checkpoint import latest_checkpoint
+    from .checkpoint import latest_checkpoint, prepare_out_dir
     from .data import train_val_split
     from .presets import get_preset
+    from .rng import seed_everything
     from .runconfig import resolved_config
     from .train import Trainer, TrainingDiverged, lm_batches, plan_run
 
     if args.epochs is not None and args.max_iters is not None:
         raise CLIError("give either --epochs or --max-iters, not both")
-    if args.min_lr is not None and args.min_lr < 0:
-        raise CLIError(f"--min-lr must be >= 0, got {args.min_lr}")
     preset = get_preset(args.preset)
     overrides = _train_overrides(args)
     text, source = _load_text(args.data_file)
+    prepare_out_dir(args.out_dir, resume=args.resume, overwrite=args.overwrite)  # before any work
     ckpt = latest_checkpoint(args.out_dir) if args.resume else None
     if ckpt is not None:
         model, tokenizer, block_size = _resumed_model(args, ckpt, preset, overrides)
     else:
         if args.resume:
             _say(f"no checkpoint in {args.out_dir}; starting a new run")
+        # the model's initial weights come from torch's global generator: seed it before building
+        seed_everything(preset.train_config(**overrides).seed)
         model, tokenizer, block_size = _new_model(args, preset, text)
     ids = _encode(tokenizer, text)
-    train_ids, val_ids = train_val_split(ids, args.val_fraction) if args.val_fraction > 0 else (ids, ids)
-    config = preset.train_config(**overrides)
+    if args.val_fraction > 0:
+        train_ids, val_ids = train_val_split(ids, args.val_fraction)
+    else:
+        train_ids, val_ids = ids, ids
+        _say("note: --val-fraction 0 validates on the training text itself: the val loss then measures "
+             "memorisation, not generalisation (and best/ is chosen by it)")
+    config = preset.train_config(**overrides)  # on --resume, overrides start from the saved run's config
     get_batch = lm_batches(train_ids, val_ids, block_size, config.batch_size)
     plan = plan_run(config, get_batch, model, epochs=args.epochs,
                     fit_time=args.max_iters is None and args.epochs is None and ckpt is None)
@@ -395,9 +411,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 1
     finally:
         trainer.close()
-    if trainer.is_main:
-        _report(trainer, history, time.perf_counter() - t0, args.sample_length)
-    return 130 if history.status == "interrupted" else 0
+    interrupted = history.status == "interrupted"
+    if trainer.is_main:  # no sample after Ctrl-C/SIGTERM: the user asked to stop
+        _report(trainer, history, time.perf_counter() - t0, 0 if interrupted else args.sample_length)
+    return (trainer.signals.exit_code or 130) if interrupted else 0
 
 
 def _attach_logging(trainer: Any, args: argparse.Namespace, run_config: dict[str, Any]) -> None:
@@ -436,14 +453,36 @@ def _new_model(args: argparse.Namespace, preset: Any, text: str) -> tuple[Any, A
         tokenizer = CharTokenizer.from_text(text)
     else:
         tokenizer = BPETokenizer.train(text, vocab_size=args.vocab_size)
+    import torch
+
+    with torch.device("meta"):  # sizes first, without allocating: a typo must not take the machine's memory
+        skeleton, block_size = _build_model(args, preset, tokenizer.vocab_size, say=False)
+    _check_memory(skeleton, block_size, args.batch_size or preset.train_config().batch_size, tokenizer.vocab_size)
     model, block_size = _build_model(args, preset, tokenizer.vocab_size)
     return model, tokenizer, block_size
+
+
+def _check_memory(model: Any, block_size: int, batch_size: int, vocab_size: int) -> None:
+    """Refuse a model + batch that cannot fit in this machine's memory (weights, gradients, two AdamW
+    moments, and the logits of one batch with their gradient), before anything is allocated."""
+    params = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+    need = 4 * (4 * params + 3 * batch_size * block_size * vocab_size)
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no way to ask, so no check
+        return
+    if need > have:
+        raise CLIError(f"this model ({params:,} parameters) with --batch-size {batch_size} and block size "
+                       f"{block_size} needs about {need / 2**30:.1f} GiB, more than this machine's "
+                       f"{have / 2**30:.1f} GiB; lower --n-layer/--n-embd/--block-size/--batch-size")
 
 
 def _resumed_model(
     args: argparse.Namespace, ckpt: Path, preset: Any, overrides: dict[str, Any]
 ) -> tuple[Any, Any, int]:
-    """The checkpoint's model and tokenizer, whatever the flags say; fills `overrides` with what must match."""
+    """The checkpoint's model and tokenizer. The saved run's training config (its plan: steps,
+    schedule, time budget) fills `overrides` where no flag was given; a model flag that differs from
+    the checkpoint is refused."""
     from .checkpoint import load_checkpoint
     from .model import LanguageModel
 
@@ -453,14 +492,32 @@ def _resumed_model(
         raise CLIError(f"{ckpt} has no tokenizer saved; cannot resume training on text")
     if not isinstance(model, LanguageModel):
         raise CLIError(f"{ckpt} holds a {type(model).__name__}, not a language model with config.block_size")
-    block_size = model.config.block_size
-    if args.model_type == "transformer" and args.block_size not in (None, block_size):
-        raise CLIError(f"--block-size {args.block_size} differs from the checkpoint's {block_size}")
-    if args.batch_size is None and info.train_config:
-        overrides["batch_size"] = info.train_config.get("batch_size", preset.train_config().batch_size)
-    if args.optimizer is None and info.train_config:  # optimizer state only loads into its own kind
-        overrides["optimizer"] = info.train_config.get("optimizer", "adamw")
-    return model, info.tokenizer, block_size
+    _refuse_model_changes(args, ckpt, model, info)
+    saved = {k: v for k, v in (info.train_config or {}).items() if k in _RESUMED_FIELDS}
+    overrides.update({k: v for k, v in saved.items() if k not in overrides})
+    return model, info.tokenizer, model.config.block_size
+
+
+# what a resumed run takes from the checkpoint unless a flag says otherwise (its plan and recipe)
+_RESUMED_FIELDS = ("max_iters", "batch_size", "lr", "min_lr", "warmup_iters", "lr_decay_iters", "schedule",
+                   "weight_decay", "beta1", "beta2", "grad_clip", "grad_accum", "eval_interval", "eval_iters",
+                   "early_stopping_patience", "min_delta", "seed", "max_time_s", "optimizer", "muon_momentum",
+                   "checkpoint_interval", "log_interval")
+
+
+def _refuse_model_changes(args: argparse.Namespace, ckpt: Path, model: Any, info: Any) -> None:
+    """--resume continues the saved model: a model flag that says otherwise is a mistake."""
+    kind = {"GPT": "transformer", "MLPLM": "mlp", "BigramLM": "bigram"}.get(info.model_class)
+    if kind is not None and args.model_type != "transformer" and args.model_type != kind:
+        raise CLIError(f"--model-type {args.model_type} differs from the checkpoint's {kind} in {ckpt}; "
+                       f"drop the flag to resume, or train a new model in another --out-dir")
+    saved = info.model_config or {}
+    for flag in ("n_layer", "n_head", "n_embd", "block_size", "d_ff", "dropout", "position", "context"):
+        given = getattr(args, flag)
+        name = "hidden" if flag == "d_ff" and info.model_class == "MLPLM" else flag
+        if given is not None and name in saved and saved[name] != given:
+            raise CLIError(f"--{flag.replace('_', '-')} {given} differs from the checkpoint's {saved[name]} "
+                           f"in {ckpt}; drop the flag to resume, or train a new model in another --out-dir")
 
 
 def _report(trainer: Any, history: Any, seconds: float, sample_length: int) -> None:
@@ -587,8 +644,8 @@ class _Generator:
             self.temperature = t
         elif name in ("length", "len"):
             n = int(value)
-            if n < 0:
-                raise ValueError(f"length must be >= 0, got {n}")
+            if not 0 <= n <= 10**7:
+                raise ValueError(f"length must be in [0, 10000000], got {n}")
             self.length = n
         elif name in ("topk", "top_k", "top-k"):
             k = None if off else int(value)
@@ -603,7 +660,10 @@ class _Generator:
                 raise ValueError("use `greedy on` or `greedy off`")
             self.greedy = value.lower() in ("on", "true", "1")
         elif name == "seed":
-            self.seed = None if value.lower() in ("off", "none") else int(value)
+            seed = None if value.lower() in ("off", "none") else int(value)
+            if seed is not None and not 0 <= seed < 2**62:
+                raise ValueError(f"seed must be in [0, 2**62), got {seed}")
+            self.seed = seed
         return self.settings()
 
 
@@ -647,6 +707,16 @@ def _interactive(gen: _Generator) -> int:
             _say("\n(interrupted)")
 
 
+def _require_decoder(model: Any, folder: Path) -> None:
+    """`generate` continues text with a decoder-only model; an encoder-decoder needs a source sequence."""
+    from .model import LanguageModel
+    from .seq2seq import Transformer
+
+    if isinstance(model, Transformer) or not isinstance(model, LanguageModel):
+        raise CLIError(f"{folder} holds a {type(model).__name__} (encoder-decoder or not a language model); "
+                       "`minigpt generate` needs a decoder-only model such as GPT, MLPLM or BigramLM")
+
+
 def _read_prompts(path: str) -> list[str]:
     from .data import read_text
 
@@ -673,13 +743,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         if not args.greedy:
             validate_sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
+        validate_sampling(repetition_penalty=args.repetition_penalty)  # it changes greedy output too
     except ValueError as e:
-        parser.error(str(e).replace("greedy=True", "--greedy"))
+        flag = str(e).split(" ")[0].replace("_", "-")
+        parser.error(f"--{flag}: " + str(e).replace("greedy=True", "--greedy"))
     prompts = _read_prompts(args.prompts_file) if args.prompts_file else None
 
     folder = resolve_checkpoint(args.checkpoint)
     device = get_device(args.device)
     model, info = load_checkpoint(folder, device=device)
+    _require_decoder(model, folder)
     if info.tokenizer is None:
         raise CLIError(f"{folder} has no tokenizer saved, so text cannot be encoded; retrain with `minigpt train`")
     val = f", val loss {info.best_val_loss:.4f}" if info.best_val_loss is not None else ""

@@ -10,6 +10,7 @@ exactly as without a cache, so cached and uncached decoding produce the same tok
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -38,17 +39,23 @@ def validate_sampling(
     top_p: float | None = None,
     repetition_penalty: float = 1.0,
 ) -> None:
-    """Raise ValueError with the fix for settings that have no meaning."""
-    if not isinstance(temperature, (int, float)) or not temperature > 0:
+    """Raise ValueError with the fix for settings that have no meaning.
+
+    Any finite temperature > 0 and top_p in (0, 1] is valid: `sample_next` stays finite however small
+    they are (a temperature so small that logits / temperature overflows samples the likeliest token,
+    its limit; a top_p below the top token's probability keeps only that token).
+    """
+    if (not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0
+            or not math.isfinite(temperature)):
         raise ValueError(
             f"temperature must be > 0, got {temperature!r}. Use greedy=True for deterministic output "
             "(the limit of temperature -> 0), 0.3-0.8 for focused text, 1.0 for the model's distribution."
         )
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
         raise ValueError(f"top_k must be an integer >= 1 (or None to disable), got {top_k!r}")
-    if top_p is not None and not (0.0 < top_p <= 1.0):
+    if top_p is not None and (not isinstance(top_p, (int, float)) or not (0.0 < top_p <= 1.0)):
         raise ValueError(f"top_p must be in (0, 1] (or None to disable), got {top_p!r}; 0.9 is a common choice")
-    if not repetition_penalty > 0:
+    if not isinstance(repetition_penalty, (int, float)) or not (0 < repetition_penalty < math.inf):
         raise ValueError(f"repetition_penalty must be > 0 (1.0 = off), got {repetition_penalty!r}")
 
 
@@ -96,7 +103,12 @@ def sample_next(
     """Pick one token per row from (B, V) logits; returns (B, 1)."""
     if greedy:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    scaled = logits.float() / temperature
+    if not bool(torch.isfinite(scaled).all()):  # a tiny temperature overflowed: put the best token at 0 first,
+        logits = logits.float() - logits.float().amax(dim=-1, keepdim=True)  # so (x - max) / t is 0 or -inf
+        t = max(temperature, torch.finfo(torch.float32).tiny)  # a python float below float32's range is 0
+        scaled = (logits / t).nan_to_num(nan=float("-inf"), posinf=0.0)
+    logits = scaled
     if top_k is not None:
         logits = filter_top_k(logits, top_k)
     if top_p is not None and top_p < 1.0:
@@ -201,6 +213,8 @@ def stream(
     _check_prompt(idx)
     if not greedy:
         validate_sampling(temperature, top_k, top_p, repetition_penalty)
+    else:  # the penalty changes greedy output too
+        validate_sampling(repetition_penalty=repetition_penalty)
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     g = _generator_for(idx, seed, generator)

@@ -249,10 +249,30 @@ class RunOptions:
     notebook_timeout: int = 3600  # seconds for the whole notebook
     kernel_name: str = "python3"
 
+    def __post_init__(self) -> None:
+        for name, flag in (("timeout", "--timeout"), ("notebook_timeout", "--notebook-timeout")):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 7 * 24 * 3600:
+                raise ValueError(f"{flag} must be a whole number of seconds in [1, 604800], got {value!r}; "
+                                 "a limit cannot be switched off (a student's loop would hang the grading)")
+
+
+# what the grader's environment lends a student's kernel: how to find programs, libraries and the
+# course's data (never the grader's credentials, tokens or other variables)
+_KERNEL_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH", "SYSTEMROOT", "TMPDIR",
+                    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "HF_HOME", "TORCH_HOME",
+                    "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+_KERNEL_ENV_DROP = ("MINIGPT_RESULTS_FILE", "MINIGPT_DEBUG")
+
 
 def kernel_env(workroot: Path, fast: bool) -> dict[str, str]:
-    """The kernel's environment: private HOME and caches, the grader's model caches read as they are."""
-    env = {k: v for k, v in os.environ.items() if k != "MINIGPT_RESULTS_FILE"}
+    """The kernel's environment, built from nothing: PATH, locale, PYTHONPATH, thread and device settings,
+    the course's MINIGPT_* settings, offline switches; a private HOME and caches; the grader's model
+    caches (HF_HOME, TORCH_HOME) read as they are. Nothing else of the grader's environment."""
+    env = {k: v for k, v in os.environ.items()
+           if k in _KERNEL_ENV_KEEP or (k.startswith("MINIGPT_") and k not in _KERNEL_ENV_DROP)}
+    env.setdefault("PATH", os.defpath)
+    env.setdefault("LANG", "C.UTF-8")
     home = Path.home()
     env.setdefault("HF_HOME", str(home / ".cache" / "huggingface"))
     env.setdefault("TORCH_HOME", str(home / ".cache" / "torch"))
@@ -260,8 +280,22 @@ def kernel_env(workroot: Path, fast: bool) -> dict[str, str]:
     for name, sub in private:
         (workroot / sub).mkdir(parents=True, exist_ok=True)
         env[name] = str(workroot / sub)
-    env.update(MINIGPT_FAST="1" if fast else "0", MPLBACKEND="Agg")
+    env.update(MINIGPT_FAST="1" if fast else "0", MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
     return env
+
+
+def _kill_kernel(client) -> None:
+    """Kill the kernel and everything it started (its process group): a cell past its limit may swallow
+    the interrupt (`except KeyboardInterrupt: pass`), so it is never asked, only ended."""
+    from nbclient.util import run_sync
+
+    km = getattr(client, "km", None)
+    if km is None:
+        return
+    try:
+        run_sync(km.kill_kernel)()  # SIGKILL to the kernel's process group where the OS has them
+    except Exception:  # already dead, or no process to signal
+        pass
 
 
 def _execute(nb, cwd: Path, env: dict, opts: RunOptions) -> tuple[int, str, str]:
@@ -287,6 +321,7 @@ def _execute(nb, cwd: Path, env: dict, opts: RunOptions) -> tuple[int, str, str]
                 try:
                     client.execute_cell(cell, i)
                 except CellTimeoutError:
+                    _kill_kernel(client)
                     cell_only = f"cell {i + 1} ran longer than {client.timeout} s (--timeout)"
                     return i, "timed out", cell_only if client.timeout == opts.timeout else whole
                 except DeadKernelError as e:
@@ -396,6 +431,9 @@ def grade(submissions_dir, out_csv, *, source_dir=DEFAULT_SOURCE, opts: RunOptio
     """Grade every submission; write ``out_csv`` (one row per student and exercise), the summary CSV
     ``<out>_summary.csv`` and one report per student in ``<out dir>/reports/``; return the rows."""
     opts = opts or RunOptions()
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"--jobs must be a whole number >= 1, got {jobs!r}")
+    check_output_csv(out_csv)  # before hours of grading, not after
     by_student: dict[str, list[tuple[str, Path]]] = {}
     for student, notebook, path in find_submissions(submissions_dir):
         by_student.setdefault(student, []).append((notebook, path))
@@ -420,6 +458,21 @@ def grade(submissions_dir, out_csv, *, source_dir=DEFAULT_SOURCE, opts: RunOptio
     for student in sorted(results):
         _write_report(out_csv.parent / "reports" / f"{student}.md", student, results[student])
     return rows
+
+
+def check_output_csv(out_csv) -> Path:
+    """Refuse an --out that cannot take the grades (a folder, a file in the way, no write permission)."""
+    out = Path(out_csv)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a CSV file name such as {out / 'grades.csv'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.parent / f".{out.name}.{os.getpid()}.probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"--out {out} cannot be written ({e.strerror or e}); choose another path") from e
+    return out
 
 
 def _write_csv(path: Path, rows: list[GradeRow]) -> None:

@@ -48,10 +48,19 @@ class GPTConfig:
     rope_base: float = 10000.0  # RoPE frequency base
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "d_ff", "n_kv_head"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if value is None and name in ("d_ff", "n_kv_head"):
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("bias", "prenorm", "tie_weights"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"GPTConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        for name in ("layer_norm_eps", "rope_base"):  # both > 0 and finite, or the forward pass is NaN
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < math.inf:
+                raise ValueError(f"GPTConfig.{name} must be a finite number > 0, got {value!r}")
         if self.n_embd % self.n_head != 0:
             divisors = [h for h in range(1, self.n_embd + 1) if self.n_embd % h == 0 and h <= 64]
             raise ValueError(

@@ -40,6 +40,7 @@ import dataclasses
 import logging
 import math
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,9 +53,12 @@ from torch import nn
 from .checkpoint import (
     BEST_DIR,
     LATEST_DIR,
+    CheckpointError,
     latest_checkpoint,
     load_checkpoint,
     load_train_state,
+    prepare_out_dir,
+    read_meta,
     save_checkpoint,
     unwrap_model,
 )
@@ -70,6 +74,7 @@ from .distributed import (
     setup_distributed,
 )
 from .history import COLUMNS, History, ProgressLog
+from .interrupt import StopSignals
 from .optim import Muon, MuonAdamW, split_muon_params
 from .rng import rng_state, seed_everything, set_rng_state
 from .schedule import SCHEDULES, lr_at
@@ -109,6 +114,8 @@ GetBatch = BatchFn  # the older name
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 OPTIMIZERS = ("adamw", "muon")
 STATUSES = ("running", "completed", "time_limit", "early_stopped", "stopped", "interrupted", "diverged")
+# fields a resumed run must share with the run that wrote the checkpoint (Trainer refuses otherwise)
+_SAME_ON_RESUME = ("optimizer", "batch_size", "grad_accum", "seed", "beta1", "beta2", "muon_momentum")
 _EVAL_SEED_OFFSET = 10_007  # eval batches come from their own fixed stream, never the training one
 
 
@@ -144,39 +151,37 @@ class TrainConfig:
     muon_momentum: float = 0.95  # Muon's momentum (optimizer="muon" only)
 
     def __post_init__(self) -> None:
-        positive = ("max_iters", "batch_size", "grad_accum", "log_interval")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+        """Every field checked: type, finite, in range; the message names the field (and the CLI flag)."""
+        for name in ("max_iters", "batch_size", "grad_accum", "log_interval"):
+            _check_int(name, getattr(self, name), 1)
         for name in ("warmup_iters", "eval_interval", "eval_iters", "checkpoint_interval"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"TrainConfig.{name} must be an integer >= 0, got {value!r}")
+            _check_int(name, getattr(self, name), 0)
+        _check_int("seed", self.seed, 0, 2**62 - 1)  # generators take seed + rank + offsets in int64
+        if self.lr_decay_iters is not None:
+            _check_int("lr_decay_iters", self.lr_decay_iters, 1)
+        if self.early_stopping_patience is not None:
+            _check_int("early_stopping_patience", self.early_stopping_patience, 1)
         if self.eval_interval and self.eval_iters < 1:
             raise ValueError("eval_iters must be >= 1 when eval_interval > 0 (or set eval_interval=0)")
-        if not (isinstance(self.lr, int | float) and self.lr > 0 and math.isfinite(self.lr)):
+        if not (_is_number(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r} (typical: 1e-3 small, 3e-4 larger)")
-        if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if not 0 <= self.muon_momentum < 1:
-            raise ValueError(f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if self.grad_clip < 0 or self.weight_decay < 0:
-            raise ValueError("grad_clip and weight_decay must be >= 0")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ValueError(f"beta1/beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            raise ValueError("early_stopping_patience must be >= 1 or None")
+        if self.min_lr is not None and not (_is_number(self.min_lr) and 0 <= self.min_lr <= self.lr):
+            raise ValueError(f"min_lr (--min-lr) must be in [0, lr={self.lr}], got {self.min_lr}")
+        for name in ("grad_clip", "weight_decay", "min_delta"):
+            value = getattr(self, name)
+            if not (_is_number(value) and value >= 0):
+                raise ValueError(f"{name} (--{name.replace('_', '-')}) must be a finite number >= 0, got {value!r}")
+        for name in ("beta1", "beta2", "muon_momentum"):
+            value = getattr(self, name)
+            if not (_is_number(value) and 0 <= value < 1):
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        for name, allowed in (("schedule", SCHEDULES), ("optimizer", OPTIMIZERS), ("dtype", DTYPES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.early_stopping_patience is not None and not self.eval_interval:
             raise ValueError("early stopping needs evaluations: set eval_interval > 0")
-        if self.max_time_s is not None and self.max_time_s <= 0:
-            raise ValueError(f"max_time_s must be > 0 or None, got {self.max_time_s}")
+        if self.max_time_s is not None and not (_is_number(self.max_time_s) and self.max_time_s > 0):
+            raise ValueError(f"max_time_s (--max-time) must be a finite number > 0 or None, got {self.max_time_s}")
 
     @property
     def min_lr_value(self) -> float:
@@ -193,6 +198,19 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+_MAX_STEPS = 2**40  # larger counts are typos; they would also overflow int64 token counters
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(name: str, value: Any, low: int, high: int = _MAX_STEPS) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        flag = "--patience" if name == "early_stopping_patience" else "--" + name.replace("_", "-")
+        raise ValueError(f"TrainConfig.{name} ({flag}) must be an integer in [{low}, {high}], got {value!r}")
 
 
 class TrainingDiverged(FloatingPointError):
@@ -426,6 +444,7 @@ def plan_run(
         config = dataclasses.replace(config, max_iters=steps)
         notes.append(f"{epochs:g} epochs of {train_tokens:,} tokens = {steps} steps of {per_step:,} tokens")
     if config.lr_decay_iters is not None and config.lr_decay_iters > config.max_iters:
+        notes.append(f"lr_decay_iters {config.lr_decay_iters} clamped to max_iters = {config.max_iters}")
         config = dataclasses.replace(config, lr_decay_iters=config.max_iters)
     if config.warmup_iters >= config.max_iters:
         config = dataclasses.replace(config, warmup_iters=config.max_iters // 10)
@@ -435,7 +454,11 @@ def plan_run(
         return RunPlan(config, None, notes)
     if model is None or get_batch is None:
         raise ValueError("fitting the steps to max_time_s measures the speed: pass get_batch and model")
+    asked_warmup = config.warmup_iters
     config, sps = fit_to_budget(model, get_batch, config)
+    if config.warmup_iters != asked_warmup:
+        notes.append(f"warmup shortened from {asked_warmup} to {config.warmup_iters} steps (a tenth of the "
+                     "planned run)")
     notes.append(f"schedule: {sps:.1f} steps/s measured, so {config.max_iters} steps fit the "
                  f"{config.max_time_s:g} s budget")
     return RunPlan(config, sps, notes)
@@ -489,6 +512,7 @@ class Trainer:
         self._last_saved_step = -1
         self._last_eval_step = -1
         self._stop_request = False
+        self.signals = StopSignals()  # SIGINT/SIGTERM during fit(); `.exit_code` is 130/143 after one
 
     def _place_model(self, model: nn.Module) -> None:
         """Device, autocast dtype, the plain module (checkpoints, eval) and what the training forward uses."""
@@ -516,37 +540,39 @@ class Trainer:
         resumed = self._resume_or_seed()
         self._start()
         status = "completed"
-        try:
-            if cfg.eval_interval and self.step == 0 and not resumed:
-                self._evaluate_and_save()  # the loss before training: about ln(vocab size)
-            while self.step < cfg.max_iters:
-                lr = self._set_lr()  # a pure function of the step (warmup, then decay)
-                loss_sum, tokens = torch.zeros((), device=self.device), 0
-                for micro in range(cfg.grad_accum):  # gradients of the micro-batches add up
-                    batch = self._fetch("train", self.generator)  # (inputs..., targets) on the device
-                    with self._grad_sync(last=micro == cfg.grad_accum - 1):
-                        loss = self._forward_loss(self.train_model, batch)  # forward under autocast
-                        self.scaler.scale(loss / cfg.grad_accum).backward()  # so the sum is the mean
-                    loss_sum += loss.detach().float()
-                    tokens += batch[-1].numel() * self.dist.world_size
-                grad_norm = self._clip_gradients()
-                loss_v, norm_v = self._check_finite(loss_sum / cfg.grad_accum, grad_norm, lr)  # NaN guard
-                self.scaler.step(self.optimizer)  # optimizer.step(), unless fp16 overflowed
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                self.tokens_seen += tokens
-                self._log_step(loss_v, lr, norm_v)
-                stop = self._evaluate_save_or_stop()
-                if stop:
-                    status = stop
-                    break
-            self._finish()
-        except KeyboardInterrupt:
-            status = "interrupted"
-            self._save_on_interrupt()
-        finally:
-            self.progress.close()
+        # Ctrl-C / SIGTERM only set a flag: the step in progress finishes, then the loop saves and stops
+        with self.signals:
+            try:
+                if cfg.eval_interval and self.step == 0 and not resumed:
+                    self._evaluate_and_save()  # the loss before training: about ln(vocab size)
+                while self.step < cfg.max_iters:
+                    lr = self._set_lr()  # a pure function of the step (warmup, then decay)
+                    loss_sum, tokens = torch.zeros((), device=self.device), 0
+                    for micro in range(cfg.grad_accum):  # gradients of the micro-batches add up
+                        batch = self._fetch("train", self.generator)  # (inputs..., targets) on the device
+                        with self._grad_sync(last=micro == cfg.grad_accum - 1):
+                            loss = self._forward_loss(self.train_model, batch)  # forward under autocast
+                            self.scaler.scale(loss / cfg.grad_accum).backward()  # so the sum is the mean
+                        loss_sum += loss.detach().float()
+                        tokens += batch[-1].numel() * self.dist.world_size
+                    grad_norm = self._clip_gradients()
+                    loss_v, norm_v = self._check_finite(loss_sum / cfg.grad_accum, grad_norm, lr)  # NaN guard
+                    self.scaler.step(self.optimizer)  # optimizer.step(), unless fp16 overflowed
+                    self.scaler.update()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.step += 1
+                    self.tokens_seen += tokens
+                    self._log_step(loss_v, lr, norm_v)
+                    stop = self._evaluate_save_or_stop()
+                    if stop:
+                        status = stop
+                        break
+                self._finish(status)
+            except KeyboardInterrupt:  # only where no handler could be installed (not the main thread)
+                status = "interrupted"
+                self._save_on_interrupt()
+            finally:
+                self.progress.close()
         return self._close_history(status)
 
     def _set_lr(self) -> float:
@@ -600,7 +626,10 @@ class Trainer:
         if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0:
             self.save(LATEST_DIR)
         out_of_time = cfg.max_time_s is not None and self.elapsed >= cfg.max_time_s
-        stopped, out_of_time = any_rank(self.dist, self.device, self._stop_request, out_of_time)
+        stopped, out_of_time, signalled = any_rank(self.dist, self.device, self._stop_request, out_of_time,
+                                                   self.signals.requested)
+        if signalled:
+            return "interrupted"
         if stop_early:
             return "early_stopped"
         return "time_limit" if out_of_time else "stopped" if stopped else None
@@ -609,6 +638,8 @@ class Trainer:
 
     def _resume_or_seed(self) -> bool:
         """Continue from out_dir's latest checkpoint if asked and there is one (True); else seed."""
+        if self.out_dir is not None and self.is_main:  # a folder that cannot take checkpoints fails now
+            prepare_out_dir(self.out_dir, resume=True)
         if self.resume and self.out_dir is not None:
             ckpt = latest_checkpoint(self.out_dir)
             if ckpt is not None:
@@ -626,13 +657,18 @@ class Trainer:
         self._last_eval_step = max((r["step"] for r in self.history.evals), default=-1)
         self.progress.open(self.config.max_iters, self.step, self.tokens_seen)
 
-    def _finish(self) -> None:
+    def _finish(self, status: str) -> None:
+        if status == "interrupted":  # at a step boundary: save now, evaluate in the resumed run
+            self._save_on_interrupt()
+            return
         if self.config.eval_interval and self._last_eval_step != self.step:
             self._evaluate_and_save()  # a final measurement for every run that evaluates
         if self._last_saved_step != self.step:
             self.save(LATEST_DIR)
 
     def _save_on_interrupt(self) -> None:
+        if self.signals.signum is None:
+            self.signals.signum = signal.SIGINT  # a KeyboardInterrupt raised the usual way
         self.progress.say(f"interrupted at step {self.step}; saving a checkpoint")
         try:
             self.save(LATEST_DIR)
@@ -756,25 +792,40 @@ class Trainer:
         }
 
     def _load(self, path: Path) -> None:
-        _, info = load_checkpoint(path, device=self.device, model=self.model)
-        state = load_train_state(path)
-        saved = (info.train_config or {}).get("optimizer", "adamw")
-        if saved != self.config.optimizer:
-            raise ValueError(
-                f"{path} was trained with optimizer={saved!r} but this run uses optimizer="
-                f"{self.config.optimizer!r}; resume with optimizer={saved!r} (CLI: --optimizer {saved})"
-            )
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["scaler"])
+        state = load_train_state(path)  # validated; read before anything of this run is replaced
+        missing = [k for k in ("step", "optimizer", "history", "rng", "data_rng") if k not in state]
+        if missing:
+            raise CheckpointError(f"the training state in {path} lacks {missing}; it was not written by Trainer")
+        self._refuse_other_run(path, read_meta(path).get("train_config") or {})
+        load_checkpoint(path, device=self.device, model=self.model)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler") and self.scaler.is_enabled():
+                self.scaler.load_state_dict(state["scaler"])
+            self.history = History.from_dict(state["history"])
+            self._restore_random_streams(state)
+        except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+            raise CheckpointError(f"the training state in {path} does not fit this run "
+                                  f"({type(e).__name__}: {e}); start a new run or use another checkpoint") from e
         self.step = self._last_saved_step = int(state["step"])
-        self.history = History.from_dict(state["history"])
         self.history.status = "running"
-        self.early_stopping.best = state["best_val_loss"]
-        self.early_stopping.bad_evals = int(state["evals_without_improvement"])
-        self.tokens_seen = int(state["tokens_seen"])
-        self._elapsed_before = float(state["elapsed"])
-        self._restore_random_streams(state)
+        self.early_stopping.best = state.get("best_val_loss")
+        self.early_stopping.bad_evals = int(state.get("evals_without_improvement", 0))
+        self.tokens_seen = int(state.get("tokens_seen", 0))
+        self._elapsed_before = float(state.get("elapsed", 0.0))
+
+    def _refuse_other_run(self, path: Path, saved: dict[str, Any]) -> None:
+        """A resumed run must continue the same recipe: optimizer state, data stream and batch shape
+        only fit the run that wrote them."""
+        saved = {"optimizer": "adamw", **saved}
+        for name in _SAME_ON_RESUME:
+            if name in saved and saved[name] != getattr(self.config, name):
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(
+                    f"{path} was trained with {name}={saved[name]!r} but this run uses {name}="
+                    f"{getattr(self.config, name)!r}; resume with {name}={saved[name]!r} (CLI: {flag} "
+                    f"{saved[name]}, or leave the flag out), or start a new run in another out_dir"
+                )
 
     def _restore_random_streams(self, state: dict[str, Any]) -> None:
         rank = self.dist.rank

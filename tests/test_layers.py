@@ -21,7 +21,7 @@ LAYERS: dict[str, set[str]] = {
         "attention", "positional", "blocks", "contract", "model", "generation", "tokenizer", "data",
         "device", "moe", "lora", "atomic", "rng", "schedule", "optim", "baselines", "seq2seq", "_extras",
     },
-    "training": {"train", "checkpoint", "history", "distributed", "presets", "loggers", "runconfig"},
+    "training": {"train", "checkpoint", "history", "distributed", "presets", "loggers", "runconfig", "interrupt"},
     "tools": {
         "hf.*", "hf_data", "tools.*", "analysis", "viz", "envcheck", "exercises.*", "course", "grading",
         "annotate", "serve.*", "cli", "__main__",
