@@ -197,7 +197,10 @@ def make_student_versions(src_dir="notebooks", out_dir="student") -> list[Path]:
     """
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     if not src_dir.is_dir():
-        raise FileNotFoundError(f"no folder {src_dir}: pass the folder that holds the solution notebooks (--src)")
+        raise FileNotFoundError(
+            f"no folder {src_dir}: pass the folder that holds the solution notebooks (--src). The notebooks are "
+            "not inside the installed package: they are the notebooks/ folder of the course's repository "
+            "(git clone it, then --src <clone>/notebooks)")
     sources = sorted(p for p in src_dir.glob("*.ipynb") if not p.name.startswith("."))
     if not sources:
         raise FileNotFoundError(f"no notebooks (*.ipynb) in {src_dir}: pass the folder of solution notebooks (--src)")

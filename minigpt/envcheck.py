@@ -15,8 +15,10 @@ import platform
 import re
 import subprocess
 import sys
+from pathlib import Path
 
-__all__ = ["COLAB_CELL", "COURSE_REPO_URL", "REPO_URL_ENV", "TESTED", "check_environment", "colab_setup", "in_colab"]
+__all__ = ["COLAB_CELL", "COURSE_REPO_URL", "OUT_DIR_ENV", "REPO_URL_ENV", "TESTED", "check_environment", "colab_setup",
+           "in_colab", "output_dir"]
 
 # The ranges CI runs against (pyproject.toml holds the same ones). (lower inclusive, upper exclusive).
 TESTED: dict[str, tuple[tuple[int, ...], tuple[int, ...] | None]] = {
@@ -39,6 +41,15 @@ MPS_FALLBACK_ENV = "PYTORCH_ENABLE_MPS_FALLBACK"
 # the student sets $MINIGPT_REPO_URL (e.g. "https://github.com/<owner>/<repo>"), see the README.
 COURSE_REPO_URL = ""
 REPO_URL_ENV = "MINIGPT_REPO_URL"
+# Where the notebooks write checkpoints and plots: one folder for the whole course, `../out` next to
+# notebooks/ (git-ignored) unless $MINIGPT_OUT_DIR names another one.
+OUT_DIR_ENV = "MINIGPT_OUT_DIR"
+
+
+def output_dir(*parts: str) -> Path:
+    """The course's output folder (``$MINIGPT_OUT_DIR``, else ``../out`` from the notebook's folder),
+    joined with ``parts``. Creates nothing: the code that saves creates what it writes."""
+    return Path(os.environ.get(OUT_DIR_ENV) or "../out", *parts)
 
 
 def _version(pkg: str) -> str | None:

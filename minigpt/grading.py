@@ -262,7 +262,9 @@ class RunOptions:
 _KERNEL_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH", "SYSTEMROOT", "TMPDIR",
                     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "HF_HOME", "TORCH_HOME",
                     "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
-_KERNEL_ENV_DROP = ("MINIGPT_RESULTS_FILE", "MINIGPT_DEBUG")
+# MINIGPT_OUT_DIR too: a student's notebooks then write to ../out inside their private copy, never to a
+# folder the grader (or another student) shares
+_KERNEL_ENV_DROP = ("MINIGPT_RESULTS_FILE", "MINIGPT_DEBUG", "MINIGPT_OUT_DIR")
 
 
 def kernel_env(workroot: Path, fast: bool) -> dict[str, str]:

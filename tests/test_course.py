@@ -676,3 +676,15 @@ def test_report_refuses_a_minigpt_that_is_not_the_graders(monkeypatch, capsys, t
     with pytest.raises(ImportError, match="is not the course's"):
         _graded.report("t" * 32, False, "01.3", _mask)
     assert '"status": "error"' in capsys.readouterr().out
+
+
+def test_student_without_notebooks_says_where_they_are(tmp_path):
+    with pytest.raises(FileNotFoundError, match="notebooks/ folder of the course's repository"):
+        make_student_versions(tmp_path / "nowhere", tmp_path / "out")
+
+
+def test_grader_keeps_the_output_folder_private(monkeypatch, tmp_path):
+    from minigpt import grading
+
+    monkeypatch.setenv("MINIGPT_OUT_DIR", "/shared/by/everyone")
+    assert "MINIGPT_OUT_DIR" not in grading.kernel_env(tmp_path, fast=True)

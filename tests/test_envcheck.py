@@ -4,6 +4,7 @@ import importlib.metadata as md
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,3 +193,23 @@ def test_colab_report_flags_cpu_runtime(monkeypatch, capsys):
     report = envcheck.check_environment()
     assert report["colab"] is True and "Colab" in capsys.readouterr().out
     assert any("GPU" in n for n in report["notes"])
+
+
+def test_output_dir_is_out_next_to_the_notebooks_unless_the_environment_names_one(monkeypatch, tmp_path):
+    from minigpt.envcheck import OUT_DIR_ENV, output_dir
+
+    monkeypatch.delenv(OUT_DIR_ENV, raising=False)
+    assert output_dir() == Path("../out") and output_dir("10_ddp") == Path("../out/10_ddp")
+    monkeypatch.setenv(OUT_DIR_ENV, str(tmp_path / "runs"))
+    assert output_dir("11_char_gpt") == tmp_path / "runs" / "11_char_gpt"
+    assert not (tmp_path / "runs").exists()  # naming a folder creates nothing
+
+
+def test_notebooks_write_only_through_output_dir():
+    import json
+    import re
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        assert not re.search(r"Path\(\s*[\"']\.\./out", code), f"{path.name}: use minigpt.envcheck.output_dir()"
