@@ -276,3 +276,11 @@ def test_colab_installs_the_distribution_with_the_notebooks_extra():
         sources = ["".join(c["source"]).strip() for c in cells if c["cell_type"] == "code"]
         colab = [s for s in sources if "google.colab" in s]
         assert colab == [envcheck.COLAB_CELL.strip()], f"{nb.name}: its Colab cell is not envcheck.COLAB_CELL"
+
+
+def test_python_m_minigpt_serve_without_the_serve_extra_is_one_line():
+    code = ("import runpy, sys; sys.modules['fastapi'] = None; sys.argv = ['minigpt.serve', '--checkpoint', 'x']; "
+            "runpy.run_module('minigpt.serve', run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "[serve]" in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -1,5 +1,9 @@
-"""``python -m minigpt.serve serve --checkpoint PATH`` (the same as ``minigpt serve``)."""
+"""``python -m minigpt.serve [serve] --checkpoint PATH``: the same as ``minigpt serve``, through the main
+CLI, so a missing extra or a bad option is one line there too."""
 
-from . import main
+import sys
 
-raise SystemExit(main())
+from minigpt.cli import main
+
+argv = sys.argv[1:]
+raise SystemExit(main(argv if argv[:1] == ["serve"] else ["serve", *argv]))
