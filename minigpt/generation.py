@@ -255,6 +255,21 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.T
     return torch.cat([idx, *new], dim=1) if new else idx
 
 
+def _check_beam_args(idx: torch.Tensor, beam_width: int) -> None:
+    _check_prompt(idx)
+    if idx.size(0) != 1:
+        raise ValueError("beam_search decodes one prompt at a time: pass idx of shape (1, T)")
+    if not isinstance(beam_width, int) or beam_width < 1:
+        raise ValueError(f"beam_width must be an integer >= 1, got {beam_width!r}")
+
+
+def _ends(tok: torch.Tensor, eos_id: int | None, last: bool) -> torch.Tensor:
+    """Which candidates finish: those ending in the end token, or all of them at the last step."""
+    if last:
+        return torch.ones_like(tok, dtype=torch.bool)
+    return tok == eos_id if eos_id is not None else torch.zeros_like(tok, dtype=torch.bool)
+
+
 @torch.no_grad()
 def beam_search(
     model: LanguageModel,
@@ -277,11 +292,7 @@ def beam_search(
     than the worst of them (HF's default ``early_stopping=False``). Ties fall as ``torch.topk`` orders
     them, as in HF. Beam width 1 without an end token is greedy decoding.
     """
-    _check_prompt(idx)
-    if idx.size(0) != 1:
-        raise ValueError("beam_search decodes one prompt at a time: pass idx of shape (1, T)")
-    if not isinstance(beam_width, int) or beam_width < 1:
-        raise ValueError(f"beam_width must be an integer >= 1, got {beam_width!r}")
+    _check_beam_args(idx, beam_width)
     if max_new_tokens < 1:
         return idx
     W = beam_width
@@ -302,9 +313,7 @@ def beam_search(
             top_scores, top_ix = torch.topk(cand, min(2 * W, cand.numel()))
             beam_ix, tok = top_ix // V, top_ix % V
             seqs = torch.cat([beams.index_select(0, beam_ix), tok.unsqueeze(1)], dim=1)  # (2W, T + n)
-            ends = tok == eos_id if eos_id is not None else torch.zeros_like(tok, dtype=torch.bool)
-            if n == max_new_tokens:
-                ends = torch.ones_like(ends)
+            ends = _ends(tok, eos_id, last=n == max_new_tokens)  # (2W,) candidates that finish here
             # only the best W candidates may finish; an end token ranked lower is simply dropped
             for i in ends[:W].nonzero().flatten().tolist():
                 finished.append((float(top_scores[i] / n**length_penalty), seqs[i : i + 1]))
