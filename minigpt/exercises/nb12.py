@@ -96,11 +96,10 @@ def check_parse_sse(fn) -> None:
 
 
 def _percentile(values: list[float], q: float) -> float:
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+    """The reference: numpy's default (linear interpolation between the closest ranks)."""
+    import numpy as np
+
+    return float(np.percentile(values, q))
 
 
 def _percentile_mistakes(values, q):

@@ -29,12 +29,12 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from .settings import _LIMITS, API_KEY_ENV, ServeSettings, _api_key_problem
 
-__all__ = ["ServeSettings", "create_app", "load_for_serving", "settings_from_args", "add_cli", "main", "API_KEY_ENV"]
+__all__ = ["ServeSettings", "create_app", "load_for_serving", "settings_from_args", "add_cli", "API_KEY_ENV"]
 
 def create_app(model: Any, tokenizer: Any, settings: ServeSettings | None = None, **kwargs: Any) -> Any:
     """The FastAPI app serving ``model``; see :func:`minigpt.serve.app.create_app`."""
@@ -236,11 +236,3 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p.set_defaults(func=_run_cli)
     return p
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m minigpt.serve serve --checkpoint ...`` without the main CLI."""
-    parser = argparse.ArgumentParser(prog="minigpt")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_cli(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)

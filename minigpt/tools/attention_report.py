@@ -165,12 +165,10 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m minigpt.tools.attention_report analyze-attention ...`` without the main CLI."""
-    parser = argparse.ArgumentParser(prog="minigpt")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_cli(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """``minigpt analyze-attention ...`` from Python (notebook 09): the main CLI, errors included."""
+    from minigpt.cli import main as cli_main
+
+    return cli_main(list(argv) if argv is not None else None)
 
 
 if __name__ == "__main__":  # pragma: no cover
