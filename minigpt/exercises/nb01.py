@@ -261,6 +261,14 @@ def check_attention(fn) -> None:
     q = torch.randn(B, nh, T, hs, generator=g)
     k = torch.randn(B, nh, S, hs, generator=g)
     v = torch.randn(B, nh, S, hs, generator=g)
+    _check_attention_unmasked(call, q, k, v)
+    _check_attention_causal(call, g)
+    _check_attention_padding(call, q, k, v)
+
+
+def _check_attention_unmasked(call, q, k, v) -> None:
+    """No mask: shapes, rows summing to 1, the sqrt(d_k) scale, the output, and SDPA."""
+    T, S, hs = q.size(-2), k.size(-2), q.size(-1)
     out, w = call(q, k, v)
     want_out, want_w = _ref_attention(q, k, v)
     expect(
@@ -291,7 +299,10 @@ def check_attention(fn) -> None:
         "the output differs from torch.nn.functional.scaled_dot_product_attention",
     )
 
-    # causal mask, T == S
+
+def _check_attention_causal(call, g: torch.Generator) -> None:
+    """A causal mask (T == S): 0-filled, ignored, inverted or after-the-softmax masks are named."""
+    B, nh, hs = 2, 2, 8
     T2 = 5
     q2, k2, v2 = (torch.randn(B, nh, T2, hs, generator=g) for _ in range(3))
     causal = torch.ones(T2, T2).tril().bool()
@@ -322,7 +333,10 @@ def check_attention(fn) -> None:
     )
     expect(_close(w, want_w) and _close(out, want_out), "with a causal mask the weights or output are wrong")
 
-    # key-padding mask broadcast over heads and queries: (B, 1, 1, S)
+
+def _check_attention_padding(call, q, k, v) -> None:
+    """A key-padding mask (B, 1, 1, S) must broadcast over heads and queries."""
+    S = k.size(-2)
     lengths = torch.tensor([6, 3])
     pad = (torch.arange(S)[None, :] < lengths[:, None])[:, None, None, :]
     out, w = call(q, k, v, mask=pad)
