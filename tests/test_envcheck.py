@@ -199,9 +199,9 @@ def test_output_dir_is_out_next_to_the_notebooks_unless_the_environment_names_on
     from minigpt.envcheck import OUT_DIR_ENV, output_dir
 
     monkeypatch.delenv(OUT_DIR_ENV, raising=False)
-    assert output_dir() == Path("../out") and output_dir("10_ddp") == Path("../out/10_ddp")
+    assert output_dir() == Path("../out") and output_dir("12_ddp") == Path("../out/12_ddp")
     monkeypatch.setenv(OUT_DIR_ENV, str(tmp_path / "runs"))
-    assert output_dir("11_char_gpt") == tmp_path / "runs" / "11_char_gpt"
+    assert output_dir("13_char_gpt") == tmp_path / "runs" / "13_char_gpt"
     assert not (tmp_path / "runs").exists()  # naming a folder creates nothing
 
 

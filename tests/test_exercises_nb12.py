@@ -1,345 +1,465 @@
 """Checkers of notebook 12: each passes the reference answer, fails plausible wrong answers with a message that
 names the mistake, and reports stubs."""
 
-from __future__ import annotations
-
-import json
-from collections import OrderedDict
+import math
 
 import numpy as np
-import pytest
+import torch
+import torch.nn as nn
 from _exercise_cases import checker_tests, stub  # noqa: F401
 
-from minigpt.exercises.nb12 import check_lru_cache, check_parse_sse, check_percentile, check_post_with_retry
+from minigpt.exercises.nb12 import (
+    check_accumulate_gradients,
+    check_clip_grad_norm,
+    check_newton_schulz,
+    check_power_law_fit,
+    check_warmup_cosine,
+)
+from minigpt.schedule import lr_at
 
 
-# ---- 12.1 SSE parsing
-def parse_sse_ref(text):  # the notebook's solution
-    events = []
-    for block in text.split("\n\n")[:-1]:
-        event, data = "message", []
-        for line in block.split("\n"):
-            if line.startswith(":"):
-                continue
-            field, _, value = line.partition(":")
-            if value.startswith(" "):
-                value = value[1:]
-            if field == "event":
-                event = value
-            elif field == "data":
-                data.append(value)
-        if not data:
-            continue
-        if data == ["[DONE]"]:
-            break
-        events.append((event, json.loads("\n".join(data))))
-    return events
+# ---- 12.1 warmup + cosine
+def lr_ref(step, max_lr, min_lr, warmup, total):  # the library's schedule is the same formula
+    return lr_at(step, lr=max_lr, min_lr=min_lr, warmup_iters=warmup, decay_iters=total, schedule="cosine")
 
 
-def sse_with(**changes):
-    """The reference with one rule broken."""
-    def parse(text):
-        events = []
-        blocks = text.split("\n\n")
-        blocks = [b for b in blocks if b] if changes.get("keep_partial") else blocks[:-1]
-        for block in blocks:
-            event, data = "message", []
-            for line in block.split("\n"):
-                if line.startswith(":") and not changes.get("no_comments"):
-                    continue
-                if changes.get("needs_space"):
-                    if line.startswith("event: "):
-                        event = line[7:]
-                    elif line.startswith("data: "):
-                        data.append(line[6:])
-                    continue
-                field, _, value = line.partition(":")
-                value = value[1:] if value.startswith(" ") else value
-                if field == "event":
-                    event = value
-                elif field == "data":
-                    data = [value] if changes.get("last_line_only") else data + [value]
-                elif changes.get("all_fields_are_data") and field:
-                    data.append(value)
-            if not data and not changes.get("no_comments"):
-                continue
-            if data == ["[DONE]"] and not changes.get("no_done"):
-                break
-            events.append((event, json.loads("\n".join(data))))
-        return events
-    return parse
+def lr_hand(step, max_lr, min_lr, warmup, total):  # the notebook's solution
+    if step < warmup:
+        return max_lr * (step + 1) / (warmup + 1)
+    if step >= total:
+        return min_lr
+    progress = (step - warmup) / (total - warmup)
+    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (max_lr - min_lr)
 
 
-def sse_ignores_event_names(text):
-    return [("message", d) for _, d in parse_sse_ref(text)]
+def lr_with(warm=None, decay=None, after=None):
+    def lr(step, max_lr, min_lr, warmup, total):
+        part = (warm if step < warmup else after if step >= total else decay) or lr_hand
+        return part(step, max_lr, min_lr, warmup, total)
+    return lr
 
 
-def sse_splits_on_lines(text):  # treats every data line as an event and keeps the raw string
-    return [("message", line[6:]) for line in text.split("\n") if line.startswith("data: ")]
+def cos_part(step, max_lr, min_lr, warmup, total, span=None, pi=math.pi):
+    progress = (step - warmup) / (span if span is not None else total - warmup)
+    return min_lr + 0.5 * (1 + math.cos(pi * progress)) * (max_lr - min_lr)
 
 
-def sse_keeps_trailing_empty(text):
-    return parse_sse_ref(text) + ([("message", {})] if text == "" else [])
+def lr_no_warmup(step, max_lr, min_lr, warmup, total):
+    return lr_ref(step, max_lr, min_lr, 0, total) if step < total else min_lr
 
 
-def sse_sticky_event(text):  # an 'event:' name carries over into the following blocks
-    events, event = [], "message"
-    for block in text.split("\n\n")[:-1]:
-        data = []
-        for line in block.split("\n"):
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                data.append(line[6:])
-        if data and data != ["[DONE]"]:
-            events.append((event, json.loads("\n".join(data))))
-    return events
-
-
-SSE_MUTANTS = {
-    "ignores_event_names": (sse_ignores_event_names, r"event names"),
-    "raw_strings_per_line": (sse_splits_on_lines, r"not the raw string|json.loads"),
-    "event_for_empty_body": (sse_keeps_trailing_empty, r"empty body"),
-    "event_name_sticks": (sse_sticky_event, r"only that block"),
-    "comments_not_skipped": (sse_with(no_comments=True), r"comments"),
-    "last_data_line_only": (sse_with(last_line_only=True), r"several 'data:' lines"),
-    "needs_space_after_colon": (sse_with(needs_space=True), r"space after 'data:' is optional"),
-    "id_lines_as_data": (sse_with(all_fields_are_data=True), r"id:, retry:"),
-    "done_marker_parsed": (sse_with(no_done=True), r"\[DONE\]"),
-    "parses_partial_block": (sse_with(keep_partial=True), r"still arriving"),
+LR_MUTANTS = {
+    "no_warmup": (lr_no_warmup, r"warmup|step 0|inside the warmup"),
+    "decays_to_zero": (lambda s, hi, lo, w, t: lr_ref(s, hi, 0.0, w, t), r"towards 0 instead of min_lr"),
+    "no_floor": (lr_with(after=cos_part), r"climbs back up"),
+    "warmup_from_zero": (lr_with(warm=lambda s, hi, lo, w, t: hi * s / w), r"warmup starts at 0"),
+    "warmup_peaks_early": (lr_with(warm=lambda s, hi, lo, w, t: hi * (s + 1) / w), r"one step early"),
+    "progress_over_total": (lr_with(decay=lambda s, hi, lo, w, t: cos_part(s, hi, lo, w, t, span=t)),
+                            r"divide by \(total - warmup\), not total"),
+    "decay_ignores_warmup": (lr_with(decay=lambda s, hi, lo, w, t: cos_part(s + w, hi, lo, w, t)),
+                             r"ignores the warmup"),
+    "linear_decay": (lr_with(decay=lambda s, hi, lo, w, t: hi - (s - w) / (t - w) * (hi - lo)), r"linear decay"),
+    "cos_without_pi": (lr_with(decay=lambda s, hi, lo, w, t: cos_part(s, hi, lo, w, t, pi=1.0)), r"without pi"),
+    "zero_after_total": (lr_with(after=lambda s, hi, lo, w, t: 0.0), r"min_lr, not 0"),
 }
 
 
-# ---- 12.2 percentile
-def percentile_ref(values, q):
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+# ---- 12.2 accumulation
+def accum_ref(model, x, y, n_micro):
+    loss_fn = nn.CrossEntropyLoss()
+    for xb, yb in zip(x.chunk(n_micro), y.chunk(n_micro)):
+        (loss_fn(model(xb), yb) / n_micro).backward()
 
 
-def percentile_numpy(values, q):
-    return float(np.percentile(values, q))
+def accum_split_by_size_right(model, x, y, n_micro):  # torch.split with the right piece size is correct
+    loss_fn = nn.CrossEntropyLoss()
+    size = len(x) // n_micro
+    for xb, yb in zip(torch.split(x, size), torch.split(y, size)):
+        (loss_fn(model(xb), yb) / n_micro).backward()
 
 
-def percentile_unsorted(values, q):
-    pos = (len(values) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+def accum_split(model, x, y, n_micro):  # torch.split(x, n) makes pieces of size n
+    loss_fn = nn.CrossEntropyLoss()
+    for xb, yb in zip(torch.split(x, n_micro), torch.split(y, n_micro)):
+        (loss_fn(model(xb), yb) / n_micro).backward()
 
 
-def percentile_nearest(values, q):
-    xs = sorted(values)
-    return xs[round((len(xs) - 1) * q / 100)]
+def accum_no_divide(model, x, y, n_micro):
+    loss_fn = nn.CrossEntropyLoss()
+    for xb, yb in zip(x.chunk(n_micro), y.chunk(n_micro)):
+        loss_fn(model(xb), yb).backward()
 
 
-def percentile_n_not_n_minus_1(values, q):
-    xs = sorted(values)
-    return xs[min(int(len(xs) * q / 100), len(xs) - 1)]
+def accum_zero_between(model, x, y, n_micro):
+    loss_fn = nn.CrossEntropyLoss()
+    for xb, yb in zip(x.chunk(n_micro), y.chunk(n_micro)):
+        model.zero_grad()
+        (loss_fn(model(xb), yb) / n_micro).backward()
 
 
-def percentile_lower(values, q):
-    xs = sorted(values)
-    return xs[int((len(xs) - 1) * q / 100)]
+def accum_first_only(model, x, y, n_micro):
+    nn.CrossEntropyLoss()(model(x.chunk(n_micro)[0]), y.chunk(n_micro)[0]).backward()
 
 
-def percentile_past_end(values, q):  # hi = lo + 1 without the min
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100
-    lo = int(pos)
-    return xs[lo] + (xs[lo + 1] - xs[lo]) * (pos - lo) if pos > lo else xs[lo] + 0 * xs[lo + 1]
+def accum_step_each(model, x, y, n_micro):  # an optimizer step per micro-batch
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = nn.CrossEntropyLoss()
+    for xb, yb in zip(x.chunk(n_micro), y.chunk(n_micro)):
+        (loss_fn(model(xb), yb) / n_micro).backward()
+        opt.step()
 
 
-def percentile_sorts_in_place(values, q):
-    values.sort()
-    return percentile_ref(values, q)
+def accum_whole_batch(model, x, y, n_micro):  # right gradient, but no micro-batches at all
+    nn.CrossEntropyLoss()(model(x), y).backward()
 
 
-def percentile_fraction(values, q):  # q treated as a fraction in [0, 1]
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+def accum_one_backward(model, x, y, n_micro):  # right gradient, but every graph kept until the end
+    loss_fn = nn.CrossEntropyLoss()
+    sum(loss_fn(model(xb), yb) / n_micro for xb, yb in zip(x.chunk(n_micro), y.chunk(n_micro))).backward()
 
 
-def percentile_mean(values, q):
-    return sum(values) / len(values)
+def accum_divide_by_batch(model, x, y, n_micro):
+    loss_fn = nn.CrossEntropyLoss()
+    for xb, yb in zip(x.chunk(n_micro), y.chunk(n_micro)):
+        (loss_fn(model(xb), yb) / len(x)).backward()
 
 
-PERCENTILE_MUTANTS = {
-    "unsorted": (percentile_unsorted, r"sort the values first"),
-    "nearest": (percentile_nearest, r"nearest value"),
-    "n_not_n_minus_1": (percentile_n_not_n_minus_1, r"\(n - 1\) \* q / 100, not n \* q / 100"),
-    "value_below": (percentile_lower, r"at or below the position"),
-    "reads_past_end": (percentile_past_end, r"past the end|last index"),
-    "sorts_callers_list": (percentile_sorts_in_place, r"reordered the caller's list"),
-    "q_as_fraction": (percentile_fraction, r"percentage"),
-    "mean": (percentile_mean, r"that is the mean"),
+def accum_sum_reduction(model, x, y, n_micro):
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    for xb, yb in zip(x.chunk(n_micro), y.chunk(n_micro)):
+        (loss_fn(model(xb), yb) / n_micro).backward()
+
+
+ACCUM_MUTANTS = {
+    "split_by_size": (accum_split, r"pieces of SIZE"),
+    "no_divide": (accum_no_divide, r"too large: divide each micro-batch loss by n_micro"),
+    "zero_between": (accum_zero_between, r"zeroed the gradients between micro-batches"),
+    "first_only": (accum_first_only, r"first micro-batch"),
+    "optimizer_step_each": (accum_step_each, r"changed the weights"),
+    "whole_batch_at_once": (accum_whole_batch, r"whole batch .* at once"),
+    "one_backward": (accum_one_backward, r"backward\(\) once"),
+    "divide_by_batch_size": (accum_divide_by_batch, r"divided each micro-batch loss by the batch size"),
+    "sum_reduction": (accum_sum_reduction, r"times the big-batch gradient"),
 }
 
 
-# ---- 12.3 LRU
-class LRURef:
-    def __init__(self, capacity):
-        self.capacity, self.data = capacity, OrderedDict()
-
-    def get(self, key):
-        if key not in self.data:
-            return None
-        self.data.move_to_end(key)
-        return self.data[key]
-
-    def put(self, key, value):
-        self.data[key] = value
-        self.data.move_to_end(key)
-        while len(self.data) > self.capacity:
-            self.data.popitem(last=False)
+# ---- 12.3 clipping
+def clip_ref(params, max_norm):  # the notebook's solution: the iterable is read once
+    params = [p for p in params if p.grad is not None]
+    total = torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in params))
+    factor = min(1.0, max_norm / (float(total) + 1e-6))
+    for p in params:
+        p.grad.mul_(factor)
+    return total
 
 
-class LRUFifo(LRURef):  # reads do not refresh: first in, first out
-    def get(self, key):
-        return self.data.get(key)
+def clip_torch(params, max_norm):
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
-class LRUNoEvict(LRURef):
-    def put(self, key, value):
-        self.data[key] = value
-        self.data.move_to_end(key)
+def clip_iterates_twice(params, max_norm):  # issue 12: fine on a list, clips nothing on model.parameters()
+    total = torch.sqrt(sum((p.grad**2).sum() for p in params if p.grad is not None))
+    factor = min(1.0, max_norm / (float(total) + 1e-6))
+    for p in params:
+        if p.grad is not None:
+            p.grad.mul_(factor)
+    return total
 
 
-class LRUPutNoRefresh(LRURef):
-    def put(self, key, value):
-        self.data[key] = value  # an existing key keeps its old position
-        while len(self.data) > self.capacity:
-            self.data.popitem(last=False)
+def live(params):
+    return [p for p in params if p.grad is not None]
 
 
-class LRUEvictsNewest(LRURef):
-    def put(self, key, value):
-        self.data[key] = value
-        self.data.move_to_end(key)
-        while len(self.data) > self.capacity:
-            self.data.popitem(last=True)
+def clip_per_tensor(params, max_norm):
+    params = live(params)
+    norms = [p.grad.norm() for p in params]
+    for p, n in zip(params, norms):
+        p.grad.mul_(min(1.0, max_norm / (float(n) + 1e-6)))
+    return torch.sqrt(sum(n**2 for n in norms))
 
 
-class LRUEvictsBeforeUpdate(LRURef):  # makes room even when the key is already there
-    def put(self, key, value):
-        if len(self.data) >= self.capacity:
-            self.data.popitem(last=False)
-        self.data[key] = value
-        self.data.move_to_end(key)
+def clip_always(params, max_norm):  # scales small gradients UP to max_norm
+    params = live(params)
+    total = torch.sqrt(sum((p.grad**2).sum() for p in params))
+    for p in params:
+        p.grad.mul_(max_norm / (float(total) + 1e-6))
+    return total
 
 
-class LRUOneShort(LRURef):  # evicts while len >= capacity
-    def put(self, key, value):
-        self.data[key] = value
-        self.data.move_to_end(key)
-        while len(self.data) >= self.capacity:
-            self.data.popitem(last=False)
+def clip_returns_after(params, max_norm):
+    params = live(params)
+    clip_ref(params, max_norm)
+    return torch.sqrt(sum((p.grad**2).sum() for p in params))
 
 
-class LRUKeyError(LRURef):
-    def get(self, key):
-        self.data.move_to_end(key)
-        return self.data[key]
+def clip_no_eps(params, max_norm):
+    params = live(params)
+    total = torch.sqrt(sum((p.grad**2).sum() for p in params))
+    if total > max_norm:
+        for p in params:
+            p.grad.mul_(max_norm / float(total))
+    return total
 
 
-class LRUShared:  # the dict is a class attribute: every cache shares it
-    data = OrderedDict()
+def clip_not_in_place(params, max_norm):
+    params = live(params)
+    total = torch.sqrt(sum((p.grad**2).sum() for p in params))
+    factor = min(1.0, max_norm / (float(total) + 1e-6))
+    for p in params:
+        g = p.grad
+        g = g * factor  # noqa: F841 - a new tensor, p.grad is untouched
+    return total
 
-    def __init__(self, capacity):
-        self.capacity = capacity
 
-    get = LRURef.get
-    put = LRURef.put
+def clip_sum_of_norms(params, max_norm):
+    params = live(params)
+    total = sum(p.grad.norm() for p in params)
+    for p in params:
+        p.grad.mul_(min(1.0, max_norm / (float(total) + 1e-6)))
+    return total
 
 
-LRU_MUTANTS = {
-    "fifo_reads_do_not_refresh": (LRUFifo, r"a get counts as a use"),
-    "never_evicts": (LRUNoEvict, r"holds three entries|never hold more"),
-    "put_does_not_refresh": (LRUPutNoRefresh, r"updating a key with put"),
-    "evicts_newest": (LRUEvictsNewest, r"NEWEST"),
-    "evicts_on_update": (LRUEvictsBeforeUpdate, r"nothing may be evicted"),
-    "holds_capacity_minus_one": (LRUOneShort, r"len > capacity, not >=|kept only"),
-    "missing_key_raises": (LRUKeyError, r"KeyError"),
-    "shared_class_dict": (LRUShared, r"class attribute"),
+def clip_returns_squares(params, max_norm):
+    params = live(params)
+    sq = sum((p.grad**2).sum() for p in params)
+    clip_ref(params, max_norm)
+    return sq
+
+
+def clip_weights_norm(params, max_norm):
+    params = live(params)
+    total = torch.sqrt(sum((p.detach() ** 2).sum() for p in params))
+    for p in params:
+        p.grad.mul_(min(1.0, max_norm / (float(total) + 1e-6)))
+    return total
+
+
+def clip_ignores_none(params, max_norm):
+    params = list(params)
+    total = torch.sqrt(sum((p.grad**2).sum() for p in params))
+    for p in params:
+        p.grad.mul_(min(1.0, max_norm / (float(total) + 1e-6)))
+    return total
+
+
+def clip_float_division(params, max_norm):  # no eps, in plain Python: divides by zero
+    params = live(params)
+    total = float(torch.sqrt(sum((p.grad**2).sum() for p in params)))
+    factor = min(1.0, max_norm / total)
+    for p in params:
+        p.grad.mul_(factor)
+    return total
+
+
+CLIP_MUTANTS = {
+    "iterates_twice": (clip_iterates_twice, r"generator.*list\(params\)"),
+    "per_tensor": (clip_per_tensor, r"each tensor by its own norm"),
+    "scales_up": (clip_always, r"already below max_norm"),
+    "returns_after": (clip_returns_after, r"norm AFTER clipping"),
+    "no_eps": (clip_no_eps, r"1e-6"),
+    "not_in_place": (clip_not_in_place, r"in place"),
+    "sum_of_norms": (clip_sum_of_norms, r"not the sum of the per-tensor norms"),
+    "returns_sum_of_squares": (clip_returns_squares, r"square root"),
+    "norm_of_weights": (clip_weights_norm, r"norm of the weights"),
+    "crashes_on_frozen": (clip_ignores_none, r"grad is None"),
+    "zero_division": (clip_float_division, r"all-zero"),
+    "calls_torch": (clip_torch, r"clip_grad_norm_: the exercise is to write the clipping yourself"),
 }
 
 
-# ---- 12.4 retry
-def retry_ref(send, body, max_tries, sleep):
-    wait = 0.1
-    for attempt in range(max_tries):
-        status, data = send(body)
-        if status != 503 or attempt == max_tries - 1:
-            return status, data
-        sleep(wait)
-        wait *= 2
-    return status, data
+# ---- 12.4 power law
+def fit_ref(N, L):
+    slope, intercept = np.polyfit(np.log(N), np.log(L), 1)
+    return float(np.exp(intercept)), float(-slope)
 
 
-def retry_on(should_retry, *, first=0.1, factor=2.0, tries=lambda m: m, sleep_last=False, keep_first=False):
-    def retry(send, body, max_tries, sleep):
-        wait, first_reply = first, None
-        for attempt in range(tries(max_tries)):
-            status, data = send(body)
-            first_reply = first_reply or (status, data)
-            last = attempt == tries(max_tries) - 1
-            if not should_retry(status) or (last and not sleep_last):
-                return (status, first_reply[1]) if keep_first else (status, data)
-            sleep(wait)
-            wait *= factor
-        return (status, first_reply[1]) if keep_first else (status, data)
-    return retry
+def fit_by_hand(N, L):  # the normal equations, in plain Python
+    xs, ys = [math.log(n) for n in N], [math.log(v) for v in L]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return math.exp(my - slope * mx), -slope
 
 
-def retry_raises(send, body, max_tries, sleep):
-    wait = 0.1
-    for attempt in range(max_tries):
-        status, data = send(body)
-        if status != 503:
-            return status, data
-        if attempt < max_tries - 1:
-            sleep(wait)
-            wait *= 2
-    raise RuntimeError("server busy")
+def fit_sign(N, L):
+    a, b = fit_ref(N, L)
+    return a, -b
 
 
-RETRY_MUTANTS = {
-    "retries_every_5xx": (retry_on(lambda s: s >= 500), r"retry ONLY 503"),
-    "retries_every_error": (retry_on(lambda s: s != 200), r"retry ONLY 503|not a 'busy' answer"),
-    "retries_429_too": (retry_on(lambda s: s in (429, 503)), r"429 .*not a 'busy' answer"),
-    "fixed_wait": (retry_on(lambda s: s == 503, factor=1.0), r"must double"),
-    "starts_at_0_2": (retry_on(lambda s: s == 503, first=0.2), r"doubled before the first sleep"),
-    "sleeps_after_last": (retry_on(lambda s: s == 503, sleep_last=True), r"waited after the last try"),
-    "one_try_too_many": (retry_on(lambda s: s == 503, tries=lambda m: m + 1), r"1 \+ 4 retries"),
-    "one_try_too_few": (retry_on(lambda s: s == 503, tries=lambda m: m - 1), r"stopped after 3|first try counts"),
-    "returns_first_response": (retry_on(lambda s: s == 503, keep_first=True), r"response of the last try|LAST"),
-    "raises_when_busy": (retry_raises, r"Do not raise"),
+def fit_log10_mixup(N, L):
+    slope, intercept = np.polyfit(np.log10(N), np.log10(L), 1)
+    return float(np.exp(intercept)), float(-slope)
+
+
+def fit_two_points(N, L):
+    b = -math.log(L[-1] / L[0]) / math.log(N[-1] / N[0])
+    return L[0] * N[0] ** b, b
+
+
+def fit_linear_space(N, L):
+    slope, intercept = np.polyfit(np.asarray(N, float), np.asarray(L, float), 1)
+    return float(intercept), float(-slope)
+
+
+def fit_swapped(N, L):
+    a, b = fit_ref(N, L)
+    return b, a
+
+
+def fit_no_exp(N, L):
+    slope, intercept = np.polyfit(np.log(N), np.log(L), 1)
+    return float(intercept), float(-slope)
+
+
+def fit_log_L_only(N, L):
+    slope, intercept = np.polyfit(np.asarray(N, float), np.log(L), 1)
+    return float(np.exp(intercept)), float(-slope)
+
+
+FIT_MUTANTS = {
+    "sign": (fit_sign, r"wrong sign"),
+    "log10_mixup": (fit_log10_mixup, r"log10"),
+    "two_points": (fit_two_points, r"first and last points"),
+    "linear_space": (fit_linear_space, r"log-log space"),
+    "swapped_pair": (fit_swapped, r"order \(a, b\)"),
+    "intercept_not_exponentiated": (fit_no_exp, r"exp\(intercept\)"),
+    "log_of_L_only": (fit_log_L_only, r"log of L but not of N"),
+}
+
+
+# ---- 12.5 Newton-Schulz
+def ns_ref(G, steps):
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G / G.norm()
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return X
+
+
+def ns_library(G, steps):  # the library's batched version is a correct answer too
+    from minigpt.optim import newton_schulz
+
+    return newton_schulz(G, steps)
+
+
+def ns_right_side(G, steps):  # X^T X on the right: the same iteration
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G / G.norm()
+    for _ in range(steps):
+        A = X.T @ X
+        X = a * X + X @ (b * A + c * A @ A)
+    return X
+
+
+def ns_svd(G, steps):
+    U, _, Vh = torch.linalg.svd(G, full_matrices=False)
+    return U @ Vh
+
+
+def ns_polynomial_on_svd(G, steps):  # the right numbers, by the SVD the iteration exists to avoid
+    U, S, Vh = torch.linalg.svd(G, full_matrices=False)
+    s = S / G.norm()
+    for _ in range(steps):
+        s = 3.4445 * s - 4.7750 * s**3 + 2.0315 * s**5
+    return U @ torch.diag(s) @ Vh
+
+
+def ns_ref_unnormalised(G, steps):
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return X
+
+
+def ns_one_step_short(G, steps):
+    return ns_ref(G, steps - 1) if steps > 1 else G / G.norm()
+
+
+def ns_swapped_coefficients(G, steps):
+    a, b, c = 3.4445, 2.0315, -4.7750
+    X = G / G.norm()
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return X
+
+
+def ns_gram_on_the_wrong_side(G, steps):  # X^T X multiplying from the left
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G / G.norm()
+    for _ in range(steps):
+        A = X.T @ X
+        X = a * X + (b * A + c * A @ A) @ X
+    return X
+
+
+def ns_transposes_without_undoing(G, steps):
+    X = ns_ref(G.T if G.size(0) > G.size(1) else G, steps)
+    return X
+
+
+def ns_spectral_normalisation(G, steps):  # divides by the largest singular value instead
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G / torch.linalg.matrix_norm(G, ord=2)
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return X
+
+
+def ns_elementwise_square(G, steps):
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G / G.norm()
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A * A) @ X
+    return X
+
+
+def ns_cubic(G, steps):  # the classic cubic iteration instead of the quintic
+    X = G / G.norm()
+    for _ in range(steps):
+        X = 1.5 * X - 0.5 * X @ X.T @ X
+    return X
+
+
+def ns_in_place(G, steps):
+    G /= G.norm()
+    return ns_ref(G, steps)
+
+
+NS_MUTANTS = {
+    "exact_svd": (ns_svd, r"torch.linalg.svd.*matrix products only"),
+    "polynomial_on_svd": (ns_polynomial_on_svd, r"matrix products only"),
+    "unnormalised": (ns_ref_unnormalised, r"Frobenius norm"),
+    "one_step_short": (ns_one_step_short, r"iteration\(s\) where steps="),
+    "swapped_coefficients": (ns_swapped_coefficients, r"singular values are wrong.*coefficients"),
+    "gram_on_the_wrong_side": (ns_gram_on_the_wrong_side, r"A must be X X\^T"),
+    "transposed_tall_not_back": (ns_transposes_without_undoing, r"transpose the result back"),
+    "spectral_normalisation": (ns_spectral_normalisation, r"largest singular value"),
+    "elementwise_square": (ns_elementwise_square, r"A @ A|matrix products"),
+    "cubic_iteration": (ns_cubic, r"singular values are wrong"),
+    "modifies_G_in_place": (ns_in_place, r"in place"),
+    "bfloat16": (lambda G, steps: ns_ref(G.bfloat16(), steps), r"dtype"),
 }
 
 
 CASES = [
-    (check_parse_sse, parse_sse_ref, SSE_MUTANTS),
-    (check_percentile, percentile_ref, PERCENTILE_MUTANTS),
-    (check_lru_cache, LRURef, LRU_MUTANTS),
-    (check_post_with_retry, retry_ref, RETRY_MUTANTS),
+    (check_warmup_cosine, lr_ref, LR_MUTANTS),
+    (check_accumulate_gradients, accum_ref, ACCUM_MUTANTS),
+    (check_clip_grad_norm, clip_ref, CLIP_MUTANTS),
+    (check_power_law_fit, fit_ref, FIT_MUTANTS),
+    (check_newton_schulz, ns_ref, NS_MUTANTS),
 ]
 
 
 def test_other_correct_answers_pass():
-    assert check_percentile(percentile_numpy).passed
-
-
-def test_percentile_reference_agrees_with_numpy():  # the checker's definition is numpy's default
-    rng = np.random.default_rng(0)
-    for n in (1, 2, 5, 17):
-        xs = rng.random(n).tolist()
-        for q in (0, 25, 50, 95, 100):
-            assert percentile_ref(xs, q) == pytest.approx(float(np.percentile(xs, q)))
+    for check, answer in [(check_warmup_cosine, lr_hand), (check_accumulate_gradients, accum_split_by_size_right),
+                          (check_power_law_fit, fit_by_hand),
+                          (check_newton_schulz, ns_library), (check_newton_schulz, ns_right_side)]:
+        assert check(answer).passed, answer.__name__
 
 
 test_reference_passes, test_mutant_fails, test_stub_not_done = checker_tests(CASES)

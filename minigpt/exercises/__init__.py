@@ -1,6 +1,6 @@
 """Self-checking exercises for the course notebooks.
 
-Each notebook's checkers live in their own module (``nb01`` ... ``nb12``); every name in a module's
+Each notebook's checkers live in their own module (``nb01`` ... ``nb15``); every name in a module's
 ``__all__`` is re-exported here, so a notebook needs only ``from minigpt.exercises import check_attention``.
 ``graded(exercise_id, ...)`` is the strict call nbgrader's hidden tests make (fresh checker, raises unless passed).
 """

@@ -1,6 +1,6 @@
 """A bounded load test: a fixed number of requests at a fixed concurrency, every outcome counted.
 
-Used by ``bench/load_test.py`` and notebook 12. Latency is measured per request on the client
+Used by ``bench/load_test.py`` and notebook 15. Latency is measured per request on the client
 (send to last byte); throughput is over the wall time of the whole run. Nothing is retried, and a
 request is never dropped silently: each ends as ``ok``, ``rejected`` (503, the queue was full) or
 ``failed`` (anything else, with the reason kept), and the three add up to the number sent.

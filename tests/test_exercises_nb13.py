@@ -1,15 +1,15 @@
-"""Checkers of notebook 11: each passes the reference answer, fails plausible wrong answers with a message that
+"""Checkers of notebook 13: each passes the reference answer, fails plausible wrong answers with a message that
 names the mistake, and reports stubs."""
 
 import torch
 import torch.nn.functional as F
 from _exercise_cases import checker_tests, stub  # noqa: F401
 
-from minigpt.exercises.nb11 import check_distinct_n, check_kv_cache_bytes, check_lora_forward, check_quantize_int8
+from minigpt.exercises.nb13 import check_distinct_n, check_kv_cache_bytes, check_lora_forward, check_quantize_int8
 from minigpt.lora import LoRALinear
 
 
-# ---- 11.1 distinct-n
+# ---- 13.1 distinct-n
 def distinct_ref(tokens, n):
     grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
@@ -72,7 +72,7 @@ DISTINCT_MUTANTS = {
 }
 
 
-# ---- 11.2 KV cache bytes
+# ---- 13.2 KV cache bytes
 def kv_ref(n_layer, batch, n_head, n_kv_head, seq_len, head_size, nbytes):
     return 2 * n_layer * batch * n_kv_head * seq_len * head_size * nbytes
 
@@ -103,7 +103,7 @@ KV_MUTANTS = {
 }
 
 
-# ---- 11.3 LoRA forward
+# ---- 13.3 LoRA forward
 def lora_ref(x, W, b, A, B, alpha):
     layer = LoRALinear(torch.nn.Linear(W.size(1), W.size(0)), r=A.size(0), alpha=alpha)
     with torch.no_grad():
@@ -174,7 +174,7 @@ LORA_MUTANTS = {
 }
 
 
-# ---- 11.4 int8
+# ---- 13.4 int8
 def quant_ref(w):
     scale = w.abs().amax(dim=1, keepdim=True) / 127
     return torch.round(w / scale).clamp(-127, 127).to(torch.int8), scale

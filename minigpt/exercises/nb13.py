@@ -1,4 +1,4 @@
-"""Checkers for notebook 11 (efficient inference and adaptation).
+"""Checkers for notebook 13 (efficient inference and adaptation).
 
 References are independent of the student's code: n-grams counted with ``collections.Counter``,
 the bytes of a real :class:`minigpt.attention.KVCache`, ``F.linear`` on the explicitly merged weight
@@ -22,7 +22,7 @@ from ._core import ExerciseFailed, checker, expect
 __all__ = ["check_distinct_n", "check_kv_cache_bytes", "check_lora_forward", "check_quantize_int8"]
 
 
-# ------------------------------------------------------------------ 11.1 distinct-n
+# ------------------------------------------------------------------ 13.1 distinct-n
 
 
 def _grams(tokens: list, n: int) -> list:
@@ -65,7 +65,7 @@ def _distinct_mistakes(tokens: list, n: int) -> list:
     return out
 
 
-@checker("11.1 distinct-n")
+@checker("13.1 distinct-n")
 def check_distinct_n(fn) -> None:
     """fn(tokens: list, n: int) -> unique n-grams / total n-grams (0.0 when there is no n-gram)."""
     cases = [
@@ -98,10 +98,10 @@ def check_distinct_n(fn) -> None:
                       f"{len(tokens) - n + 1} {n}-grams, got {float(got):.4f}")
 
 
-# ------------------------------------------------------------------ 11.2 KV-cache size
+# ------------------------------------------------------------------ 13.2 KV-cache size
 
 
-@checker("11.2 KV-cache bytes")
+@checker("13.2 KV-cache bytes")
 def check_kv_cache_bytes(fn) -> None:
     """fn(n_layer, batch, n_head, n_kv_head, seq_len, head_size, bytes_per_value) -> int bytes."""
     # the first case keeps every factor distinct (2, 3, 5, 7 = n_head / n_kv_head, 11, 4 bytes, 8 bits), so the
@@ -138,7 +138,7 @@ def check_kv_cache_bytes(fn) -> None:
                       f"head_size x bytes_per_value, got {got:,.0f}")
 
 
-# ------------------------------------------------------------------ 11.3 LoRA forward
+# ------------------------------------------------------------------ 13.3 LoRA forward
 
 
 class _UpdateWatch(TorchFunctionMode):
@@ -166,7 +166,7 @@ class _UpdateWatch(TorchFunctionMode):
         return out
 
 
-@checker("11.3 LoRA forward")
+@checker("13.3 LoRA forward")
 def check_lora_forward(fn) -> None:
     """fn(x (N, in), W (out, in), b (out,), A (r, in), B (out, r), alpha) -> (N, out)."""
     g = torch.Generator().manual_seed(0)
@@ -216,10 +216,10 @@ def check_lora_forward(fn) -> None:
     expect(torch.allclose(got, F.linear(x, W, b), atol=1e-6), "with B = 0 the output must equal the base layer")
 
 
-# ------------------------------------------------------------------ 11.4 int8 quantization
+# ------------------------------------------------------------------ 13.4 int8 quantization
 
 
-@checker("11.4 symmetric int8 quantization")
+@checker("13.4 symmetric int8 quantization")
 def check_quantize_int8(fn) -> None:
     """fn(w (out, in) float) -> (q int8 (out, in), scale float (out, 1)); w ~ q * scale, one scale per row."""
     g = torch.Generator().manual_seed(0)
