@@ -42,8 +42,8 @@ def _hf_llama(seed: int, **kw):
 
 
 def _greedy_hf(hf, ids, n):
-    out = hf.generate(ids, max_new_tokens=n, do_sample=False, pad_token_id=0)
-    return out
+    # an explicit mask: otherwise a token 0 in the prompt would be taken for padding
+    return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False, pad_token_id=0)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
