@@ -63,8 +63,10 @@ RMS_MUTANTS = {
     "eps outside sqrt": (rms_mutant(lambda m, x: x / (_ms(x).sqrt() + m.eps) * m.weight), r"eps is outside"),
     "no square root": (rms_mutant(lambda m, x: x / (_ms(x) + m.eps) * m.weight), r"square root"),
     "weight not applied": (rms_mutant(lambda m, x: x * torch.rsqrt(_ms(x) + m.eps)), r"not multiplied by the learned"),
-    "over dim 0": (rms_mutant(lambda m, x: x * torch.rsqrt(_ms(x, 0) + m.eps) * m.weight), r"normalised over dimension 0"),
-    "over dim -2": (rms_mutant(lambda m, x: x * torch.rsqrt(_ms(x, -2) + m.eps) * m.weight), r"over dimension \d.*LAST"),
+    "over dim 0": (rms_mutant(lambda m, x: x * torch.rsqrt(_ms(x, 0) + m.eps) * m.weight),
+                   r"normalised over dimension 0"),
+    "over dim -2": (rms_mutant(lambda m, x: x * torch.rsqrt(_ms(x, -2) + m.eps) * m.weight),
+                    r"over dimension \d.*LAST"),
     "no weight parameter": (NoWeight, r"no learnable `weight`"),
     "a bias too": (WithBias, r"no bias"),
     "random initial weight": (rms_mutant(lambda m, x: x * torch.rsqrt(_ms(x) + m.eps) * m.weight,
@@ -89,8 +91,8 @@ def rope_from(angles_fn, pair="half", sign=1.0, tables="cat"):
 
 def _ang(T, hs, offset, base, start=None, step=2):
     i = torch.arange(0, hs, step)[: hs // 2].float()
-    return torch.outer(torch.arange(offset if start is None else start, (offset if start is None else start) + T).float(),
-                       1.0 / base ** (i / hs))
+    first = offset if start is None else start
+    return torch.outer(torch.arange(first, first + T).float(), 1.0 / base ** (i / hs))
 
 
 ROPE_MUTANTS = {
@@ -125,7 +127,8 @@ class SwiGLUWithBias(SwiGLU):
 class SwiGLUOtherNames(nn.Module):
     def __init__(self, dim, hidden):
         super().__init__()
-        self.w1, self.w3, self.w2 = nn.Linear(dim, hidden, False), nn.Linear(dim, hidden, False), nn.Linear(hidden, dim, False)
+        self.w1, self.w3 = nn.Linear(dim, hidden, bias=False), nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
@@ -140,7 +143,8 @@ SWIGLU_MUTANTS = {
     "SiLU of the product": (swiglu_mutant(lambda m, x: m.down_proj(F.silu(m.gate_proj(x) * m.up_proj(x)))),
                             r"applied to the product"),
     "ReLU": (swiglu_mutant(lambda m, x: m.down_proj(F.relu(m.gate_proj(x)) * m.up_proj(x))), r"ReLU"),
-    "no down projection": (swiglu_mutant(lambda m, x: F.silu(m.gate_proj(x)) * m.up_proj(x)), r"down projection is missing"),
+    "no down projection": (swiglu_mutant(lambda m, x: F.silu(m.gate_proj(x)) * m.up_proj(x)),
+                           r"down projection is missing"),
     "up unused": (swiglu_mutant(lambda m, x: m.down_proj(F.silu(m.gate_proj(x)))), r"up_proj is not used"),
     "biases": (SwiGLUWithBias, r"has a bias"),
     "Meta's names": (SwiGLUOtherNames, r"Linear called gate_proj"),
@@ -277,7 +281,8 @@ def _hf_names(out, hf_sd, config):
 
 WEIGHT_MUTANTS = {
     "q, k, v stacked as k, q, v": (_map_then(_each_layer(_kqv)), r"order k/q/v"),
-    "q and k rows permuted for interleaved RoPE": (_map_then(_each_layer(_meta_permuted)), r"permuted the q and k rows"),
+    "q and k rows permuted for interleaved RoPE": (_map_then(_each_layer(_meta_permuted)),
+                                                   r"permuted the q and k rows"),
     "gate and up swapped": (_map_then(_each_layer(_gate_up_swapped)), r"gate_proj and up_proj are swapped"),
     "the two norms swapped": (_map_then(_each_layer(_norms_swapped)), r"input_layernorm.*post_attention_layernorm"),
     "down_proj transposed (Conv1D habit)": (_map_then(_each_layer(_transposed_down)), r"transposed .*down_proj"),

@@ -48,6 +48,25 @@ def _rms(x: torch.Tensor, w: torch.Tensor | None, eps: float, dim: int = -1) -> 
     return y if w is None else y * w
 
 
+def _rms_mistakes(got: torch.Tensor, x: torch.Tensor, gain: torch.Tensor, eps: float) -> None:
+    shape = tuple(x.shape)
+    centred = x - x.mean(-1, keepdim=True)
+    _first_match(got, [
+        (lambda: centred * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + eps) * gain,
+         "you subtracted the mean first: that is LayerNorm without a bias. RMSNorm does not centre; it only "
+         "divides by the root mean square sqrt(mean(x^2) + eps)"),
+        (lambda: x / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps) * gain,
+         f"for input shape {shape} (a tiny spread) the result is off because eps is outside the square root: "
+         "Llama divides by sqrt(mean(x^2) + eps), not sqrt(mean(x^2)) + eps"),
+        (lambda: x / (x.pow(2).mean(-1, keepdim=True) + eps) * gain,
+         "you divided by the mean square itself: take its square root (torch.rsqrt(ms + eps))"),
+        (lambda: _rms(x, None, eps), "the output is normalised but not multiplied by the learned weight (the gain)"),
+        *[(lambda d=d: _rms(x, gain, eps, dim=d),
+           f"you normalised over dimension {d} (size {shape[d]}); RMSNorm normalises each token's features: the "
+           "LAST dimension, mean(-1, keepdim=True)") for d in range(len(shape) - 1)],
+    ])
+
+
 _RMS_BANNED = {n: "the task asks you to write RMSNorm yourself (mean of squares, eps, rsqrt, weight)"
                for n in ("torch.nn.functional.rms_norm", "torch.rms_norm")}
 
@@ -85,21 +104,7 @@ def check_llama_rmsnorm(norm_class) -> None:
         want = _rms(x, gain, eps)
         if _close(got, want):
             continue
-        centred = x - x.mean(-1, keepdim=True)
-        _first_match(got, [
-            (lambda: centred * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + eps) * gain,
-             "you subtracted the mean first: that is LayerNorm without a bias. RMSNorm does not centre; it only "
-             "divides by the root mean square sqrt(mean(x^2) + eps)"),
-            (lambda: x / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps) * gain,
-             f"for input shape {shape} (a tiny spread) the result is off because eps is outside the square root: "
-             "Llama divides by sqrt(mean(x^2) + eps), not sqrt(mean(x^2)) + eps"),
-            (lambda: x / (x.pow(2).mean(-1, keepdim=True) + eps) * gain,
-             "you divided by the mean square itself: take its square root (torch.rsqrt(ms + eps))"),
-            (lambda: _rms(x, None, eps), "the output is normalised but not multiplied by the learned weight (the gain)"),
-            *[(lambda d=d: _rms(x, gain, eps, dim=d),
-               f"you normalised over dimension {d} (size {shape[d]}); RMSNorm normalises each token's features: the "
-               "LAST dimension, mean(-1, keepdim=True)") for d in range(len(shape) - 1)],
-        ])
+        _rms_mistakes(got, x, gain, eps)
         raise ExerciseFailed(f"for input shape {shape} your output differs from x * rsqrt(mean(x^2, -1) + eps) * "
                              f"weight by up to {(got - want).abs().max().item():.3g}")
 
@@ -129,6 +134,25 @@ def _rope(x: torch.Tensor, offset: int, base: float, *, layout: str = "half", si
     return (xd * emb.cos() + sign * rotated * emb.sin()).to(x.dtype)
 
 
+def _rope_mistakes(got: torch.Tensor, x: torch.Tensor, offset: int, base: float, where: str) -> None:
+    _first_match(got, [
+        (lambda: _rope(x, offset, base, layout="interleaved"),
+         f"{where} you rotated adjacent pairs (2i, 2i+1), the paper's interleaved layout; Hugging Face's Llama "
+         "pairs channel i with i + hs/2: rotate_half(x) = cat(-x2, x1) with x1, x2 = the two halves"),
+        (lambda: _rope(x, 0, base), f"{where} positions are not offset: the first row of x is position "
+         f"{offset}, so the angles use positions offset .. offset + T - 1 (what a KV cache needs)"),
+        (lambda: _rope(x, offset, 10000.0), f"{where} you used base 10000 instead of the base argument "
+         f"({base:g}); models set rope_theta (SmolLM2: 100000, Llama 3: 500000)"),
+        (lambda: _rope(x, offset, base, sign=-1.0), f"{where} you rotated the wrong way: rotate_half(x) is "
+         "cat(-x2, x1), and out = x * cos + rotate_half(x) * sin"),
+        (lambda: _rope(x, offset, base, exponent="i"), f"{where} the frequencies are off: theta_i = base ** "
+         "(-2i / hs) for i = 0 .. hs/2 - 1 (torch.arange(0, hs, 2) / hs), not base ** (-i / hs)"),
+        (lambda: _rope(x, offset, base, tables="interleave"), f"{where} you built the (T, hs) cos/sin tables "
+         "with repeat_interleave; in the rotate-half layout channel j and j + hs/2 share an angle: "
+         "cat([angles, angles], -1)"),
+    ])
+
+
 @checker("11.2 RoPE in Hugging Face's rotate-half layout")
 def check_rope_half(my_rope) -> None:
     """``my_rope(x, offset, base)``: x (B, nh, T, hs) rotated for positions offset..offset+T-1, channel i paired
@@ -146,27 +170,27 @@ def check_rope_half(my_rope) -> None:
         if _close(got, want):
             continue
         where = f"(x of shape {shape}, offset {offset}, base {base:g})"
-        _first_match(got, [
-            (lambda: _rope(x, offset, base, layout="interleaved"),
-             f"{where} you rotated adjacent pairs (2i, 2i+1), the paper's interleaved layout; Hugging Face's Llama "
-             "pairs channel i with i + hs/2: rotate_half(x) = cat(-x2, x1) with x1, x2 = the two halves"),
-            (lambda: _rope(x, 0, base), f"{where} positions are not offset: the first row of x is position "
-             f"{offset}, so the angles use positions offset .. offset + T - 1 (what a KV cache needs)"),
-            (lambda: _rope(x, offset, 10000.0), f"{where} you used base 10000 instead of the base argument "
-             f"({base:g}); models set rope_theta (SmolLM2: 100000, Llama 3: 500000)"),
-            (lambda: _rope(x, offset, base, sign=-1.0), f"{where} you rotated the wrong way: rotate_half(x) is "
-             "cat(-x2, x1), and out = x * cos + rotate_half(x) * sin"),
-            (lambda: _rope(x, offset, base, exponent="i"), f"{where} the frequencies are off: theta_i = base ** "
-             "(-2i / hs) for i = 0 .. hs/2 - 1 (torch.arange(0, hs, 2) / hs), not base ** (-i / hs)"),
-            (lambda: _rope(x, offset, base, tables="interleave"), f"{where} you built the (T, hs) cos/sin tables "
-             "with repeat_interleave; in the rotate-half layout channel j and j + hs/2 share an angle: "
-             "cat([angles, angles], -1)"),
-        ])
+        _rope_mistakes(got, x, offset, base, where)
         raise ExerciseFailed(f"{where} your output differs from the rotate-half RoPE by up to "
                              f"{(got - want).abs().max().item():.3g}")
 
 
 # ---------------------------------------------------------------- 11.3 SwiGLU
+
+
+def _swiglu_mistakes(got: torch.Tensor, gx: torch.Tensor, ux: torch.Tensor, Wd: torch.Tensor) -> None:
+    _first_match(got, [
+        (lambda: (F.silu(ux) * gx) @ Wd.T, "gate and up are swapped: SiLU goes on gate_proj(x), which then "
+         "multiplies up_proj(x): silu(gate_proj(x)) * up_proj(x)"),
+        (lambda: (F.gelu(gx) * ux) @ Wd.T, "you used GELU; Llama's SwiGLU uses SiLU (x * sigmoid(x)) on the gate: "
+         "F.silu (GELU there would be GeGLU)"),
+        (lambda: (torch.sigmoid(gx) * ux) @ Wd.T, "you used sigmoid(gate): that is the original GLU. SwiGLU uses "
+         "silu(gate) = gate * sigmoid(gate)"),
+        (lambda: F.silu(gx * ux) @ Wd.T, "SiLU is applied to the product; it belongs on the gate only: "
+         "silu(gate_proj(x)) * up_proj(x)"),
+        (lambda: (F.relu(gx) * ux) @ Wd.T, "you used ReLU (ReGLU); SwiGLU uses SiLU on the gate"),
+        (lambda: F.silu(gx) @ Wd.T, "up_proj is not used: the gate multiplies up_proj(x) element-wise"),
+    ])
 
 
 @checker("11.3 SwiGLU feed-forward")
@@ -199,18 +223,7 @@ def check_swiglu_mlp(mlp_class) -> None:
         expect(got.shape == want.shape, f"output shape {tuple(got.shape)}, expected {tuple(want.shape)}")
         if _close(got, want):
             continue
-        _first_match(got, [
-            (lambda: (F.silu(ux) * gx) @ Wd.T, "gate and up are swapped: SiLU goes on gate_proj(x), which then "
-             "multiplies up_proj(x): silu(gate_proj(x)) * up_proj(x)"),
-            (lambda: (F.gelu(gx) * ux) @ Wd.T, "you used GELU; Llama's SwiGLU uses SiLU (x * sigmoid(x)) on the gate: "
-             "F.silu (GELU there would be GeGLU)"),
-            (lambda: (torch.sigmoid(gx) * ux) @ Wd.T, "you used sigmoid(gate): that is the original GLU. SwiGLU uses "
-             "silu(gate) = gate * sigmoid(gate)"),
-            (lambda: F.silu(gx * ux) @ Wd.T, "SiLU is applied to the product; it belongs on the gate only: "
-             "silu(gate_proj(x)) * up_proj(x)"),
-            (lambda: (F.relu(gx) * ux) @ Wd.T, "you used ReLU (ReGLU); SwiGLU uses SiLU on the gate"),
-            (lambda: F.silu(gx) @ Wd.T, "up_proj is not used: the gate multiplies up_proj(x) element-wise"),
-        ])
+        _swiglu_mistakes(got, gx, ux, Wd)
         raise ExerciseFailed(f"your output differs from down_proj(silu(gate_proj(x)) * up_proj(x)) by up to "
                              f"{(got - want).abs().max().item():.3g}")
 
@@ -224,6 +237,30 @@ def _causal(q, k, v, scale: float | None = None, causal: bool = True) -> torch.T
     if causal:
         att = att.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
     return att.softmax(-1) @ v
+
+
+def _gqa_mistakes(got: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, where: str) -> None:
+    B, nh, T, hs = q.shape
+    nkv = k.size(1)
+    n_rep = nh // nkv
+    k_rep, v_rep = k.repeat_interleave(n_rep, 1), v.repeat_interleave(n_rep, 1)
+    _first_match(got, [
+        (lambda: _causal(q, k.repeat(1, n_rep, 1, 1), v.repeat(1, n_rep, 1, 1)),
+         f"{where} query head h used key/value head h % n_kv (torch.repeat / tile order). Hugging Face's "
+         "repeat_kv puts the copies of one key/value head next to each other: head h reads h // n_rep "
+         "(repeat_interleave, or expand(B, n_kv, n_rep, T, hs).reshape(B, nh, T, hs))"),
+        (lambda: _causal(q.view(B, nkv, n_rep, T, hs).mean(2), k, v).repeat_interleave(n_rep, 1),
+         f"{where} you averaged the query heads of each group: the queries stay {nh} separate heads; only "
+         "the keys and values are shared (repeated)"),
+        (lambda: _causal(q, k_rep, v_rep, causal=False), f"{where} the attention is not causal: mask the "
+         "positions after each query with -inf before the softmax"),
+        (lambda: _causal(q, k_rep, v_rep, scale=1 / math.sqrt(nh * hs)),
+         f"{where} you scaled by sqrt(nh * hs); the scale is 1 / sqrt(head size)"),
+        (lambda: _causal(q, k_rep, v_rep, scale=1 / math.sqrt(nkv * hs)),
+         f"{where} you scaled by sqrt(n_kv * hs); the scale is 1 / sqrt(head size)"),
+        (lambda: _causal(q, k_rep, v_rep, scale=1.0), f"{where} the scores are not scaled: divide q k^T by "
+         "sqrt(head size)"),
+    ])
 
 
 _SDPA_BANNED = {"torch.nn.functional.scaled_dot_product_attention": "the task asks you to write the attention "
@@ -251,23 +288,7 @@ def check_gqa_attention(my_gqa) -> None:
         want = _causal(q, k_rep, v_rep)
         if _close(got, want):
             continue
-        _first_match(got, [
-            (lambda: _causal(q, k.repeat(1, n_rep, 1, 1), v.repeat(1, n_rep, 1, 1)),
-             f"{where} query head h used key/value head h % n_kv (torch.repeat / tile order). Hugging Face's "
-             "repeat_kv puts the copies of one key/value head next to each other: head h reads h // n_rep "
-             "(repeat_interleave, or expand(B, n_kv, n_rep, T, hs).reshape(B, nh, T, hs))"),
-            (lambda: _causal(q.view(B, nkv, n_rep, T, hs).mean(2), k, v).repeat_interleave(n_rep, 1),
-             f"{where} you averaged the query heads of each group: the queries stay {nh} separate heads; only "
-             "the keys and values are shared (repeated)"),
-            (lambda: _causal(q, k_rep, v_rep, causal=False), f"{where} the attention is not causal: mask the "
-             "positions after each query with -inf before the softmax"),
-            (lambda: _causal(q, k_rep, v_rep, scale=1 / math.sqrt(nh * hs)),
-             f"{where} you scaled by sqrt(nh * hs); the scale is 1 / sqrt(head size)"),
-            (lambda: _causal(q, k_rep, v_rep, scale=1 / math.sqrt(nkv * hs)),
-             f"{where} you scaled by sqrt(n_kv * hs); the scale is 1 / sqrt(head size)"),
-            (lambda: _causal(q, k_rep, v_rep, scale=1.0), f"{where} the scores are not scaled: divide q k^T by "
-             "sqrt(head size)"),
-        ])
+        _gqa_mistakes(got, q, k, v, where)
         raise ExerciseFailed(f"{where} your output differs from causal attention with repeated keys/values by up "
                              f"to {(got - want).abs().max().item():.3g}")
 
@@ -285,7 +306,7 @@ def _random_hf_llama(seed: int, nh: int, nkv: int, tie: bool):
                       bos_token_id=None, eos_token_id=None, pad_token_id=None, attn_implementation="eager")
     hf = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # norm gains away from 1, so swapped or missing norms change the output
-        for name, p in hf.named_parameters():
+        for p in hf.parameters():
             if p.dim() == 1:
                 p.copy_(1.0 + 0.3 * torch.randn_like(p))
     return hf
