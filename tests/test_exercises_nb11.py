@@ -322,3 +322,22 @@ def test_reference_model_equals_the_library_llama():
     ids = torch.randint(0, cfg.vocab_size, (2, 11))
     with torch.no_grad():
         torch.testing.assert_close(ours(ids)[0], lib(ids)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_the_notebook_defines_the_reference_model_word_for_word():
+    """The checker tests use _nb11_reference.py; the notebook's own model must be the same code, not a drifted copy."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    ref = (root / "tests" / "_nb11_reference.py").read_text(encoding="utf-8")
+    cells = json.loads((root / "notebooks" / "11_gpt2_to_llama.ipynb").read_text(encoding="utf-8"))["cells"]
+    sources = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    names = ("class Config", "class RMSNorm", "def rotate_half", "def apply_rope", "def repeat_kv", "class Attention",
+             "class SwiGLU", "def make_norm", "class Block", "class GPT", "def llama_state_dict")
+    for name in names:
+        cell = next((s for s in sources if f"\n{name}" in f"\n{s}"), None)
+        assert cell is not None, f"the notebook no longer defines {name}"
+        start = f"\n{cell}".index(f"\n{name}")
+        block = cell[start:].split("\n\n\n")[0].strip()  # the definition, up to the next top-level item
+        assert block in ref, f"the notebook's {name} differs from tests/_nb11_reference.py"
