@@ -132,6 +132,13 @@ PRESETS: dict[str, GPTConfig] = {
     "gpt2-medium": GPTConfig(vocab_size=50257, block_size=1024, n_layer=24, n_head=16, n_embd=1024),
     "gpt2-large": GPTConfig(vocab_size=50257, block_size=1024, n_layer=36, n_head=20, n_embd=1280),
     "gpt2-xl": GPTConfig(vocab_size=50257, block_size=1024, n_layer=48, n_head=25, n_embd=1600),
+    # shakespeare-cpu turned into a Llama-style model, as notebook 11 does it one change at a time: RMSNorm,
+    # RoPE, SwiGLU (hidden width 344 ~ 2/3 * 4C, so the MLP keeps GELU's parameter count), grouped-query
+    # attention (2 key/value heads for 4 query heads), no biases, an untied output layer. Exports to and
+    # loads from Hugging Face's LlamaForCausalLM (minigpt.hf.export / minigpt.hf.convert.llama_to_minigpt).
+    "llama-cpu": GPTConfig(vocab_size=65, block_size=128, n_layer=4, n_head=4, n_kv_head=2, n_embd=128, d_ff=344,
+                           dropout=0.0, bias=False, norm="rmsnorm", activation="swiglu", position="rope",
+                           tie_weights=False),
 }
 
 

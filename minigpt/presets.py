@@ -12,6 +12,7 @@ it trains (`TRAIN_PRESETS[name].model == name`), and the sizes live only in `min
   width 128, block 64, batch 12, 2000 iterations, lr 1e-3, no dropout), kept for comparison.
 - `shakespeare-char`: nanoGPT's `config/train_shakespeare_char.py`, for a GPU.
 - `char-tiny`: the small model of the course's quick reference; trains in seconds.
+- `llama-cpu`: `shakespeare-cpu`'s size and recipe with notebook 11's Llama architecture (exports as Llama).
 """
 
 from __future__ import annotations
@@ -71,6 +72,13 @@ _RECIPES = (
         train=dict(lr=3e-3, min_lr=3e-4, beta2=0.99, batch_size=32, max_iters=1000, warmup_iters=50,
                    eval_interval=100, eval_iters=10),
         description="the quick-reference model: 3 layers, width 64; trains in seconds",
+    ),
+    TrainPreset(
+        model="llama-cpu",
+        # shakespeare-cpu's recipe: the same width, depth and context, only the architecture is Llama's
+        train=dict(_NANOGPT, optimizer="muon", lr=1e-2, min_lr=0.0, schedule="linear", batch_size=8,
+                   max_iters=8000, warmup_iters=20, eval_interval=250, eval_iters=20, dtype="auto"),
+        description="notebook 11's Llama-style model: shakespeare-cpu with RMSNorm, SwiGLU, GQA, no biases, untied",
     ),
 )
 TRAIN_PRESETS: dict[str, TrainPreset] = {p.model: p for p in _RECIPES}  # one name: the model preset's

@@ -41,6 +41,8 @@ TOPICS = {
     "08": ["fine-tun", "finetun", "hugging face", "gpt-2", "gpt2", "lora", "trainer"],
     "09": ["attention analysis", "analysing attention", "analyzing attention", "heatmap", "induction", "rollout",
            "attention pattern", "interpretab", "attention weights"],
+    "11": ["llama", "gpt-2 to llama", "modern architecture", "rmsnorm", "swiglu", "rope", "rotary", "rotate-half",
+           "rotate_half", "grouped-query", "gqa", "qk-norm", "qwen", "smollm", "ablation", "untied", "chat template"],
     "12": ["at scale", "mixed precision", "bf16", "fp16", "gradient accumulation", "clipping",
            "learning-rate schedule", "lr schedule", "training techniques", "scaling law", "ddp", "distributed", "muon",
            "compile", "gradient checkpointing"],

@@ -40,3 +40,23 @@ def test_student_version_of_notebook_06_runs_with_every_exercise_not_done(tmp_pa
         "06.5 GPT-2 weights in your GPT", "06.6 KV cache", "06.7 written answer",
     ], rows  # no "(cell N)" row: nothing crashed outside the checkers
     assert set(statuses.values()) == {"not done"}, rows
+
+
+@pytest.mark.slow
+def test_student_version_of_notebook_11_runs_with_every_exercise_not_done(tmp_path, monkeypatch):
+    """Notebook 11's body (components, ablation, Hugging Face checks, the offline stand-in) needs no exercise."""
+    pytest.importorskip("nbclient")
+    pytest.importorskip("transformers")
+    src = NOTEBOOKS / "11_gpt2_to_llama.ipynb"
+    if not src.exists():
+        pytest.skip("notebook 11 not present")
+    monkeypatch.setenv("MINIGPT_HF_OFFLINE", "1")  # never the network: the random stand-in with its banner
+    dst = tmp_path / src.name
+    assert make_student_version(src, dst) >= 7  # 11.3 has two regions, 11.6 a written answer
+    rows = grade_notebook(dst, "student", src.stem, timeout=600, fast=True, cwd=NOTEBOOKS)
+    statuses = {r.exercise: r.status for r in rows}
+    assert sorted(statuses) == [
+        "11.1 RMSNorm, Llama's form", "11.2 RoPE in Hugging Face's rotate-half layout", "11.3 SwiGLU feed-forward",
+        "11.4 grouped-query attention", "11.5 a Hugging Face Llama's weights in your model", "11.6 written answer",
+    ], rows  # no "(cell N)" row: nothing crashed outside the checkers
+    assert set(statuses.values()) == {"not done"}, rows

@@ -2,7 +2,7 @@
 
 One module per job, each readable alone:
 
-- :mod:`minigpt.hf.convert`: GPT-2 weights in and out of :class:`minigpt.GPT`;
+- :mod:`minigpt.hf.convert`: GPT-2 weights in and out of :class:`minigpt.GPT`, Llama weights into it;
 - :mod:`minigpt.hf.loading`: :func:`load_causal_lm`, which falls back to a labelled tiny model offline;
 - :mod:`minigpt.hf.finetune`: the ``Trainer`` recipe of notebook 08, perplexity, samples, LoRA via peft;
 - :mod:`minigpt.hf.data`: causal-LM datasets with ``datasets`` (needs that package; not re-exported here);
@@ -24,6 +24,8 @@ from .convert import (  # noqa: E402
     config_from_hf,
     gpt2_to_minigpt,
     hf_config_from,
+    llama_config_from_hf,
+    llama_to_minigpt,
     load_gpt2_into_minigpt,
     minigpt_to_gpt2,
 )
@@ -50,7 +52,7 @@ from .loading import (  # noqa: E402
 __all__ = [
     # conversion
     "CONV1D_WEIGHTS", "config_from_hf", "hf_config_from", "gpt2_to_minigpt", "minigpt_to_gpt2",
-    "load_gpt2_into_minigpt",
+    "load_gpt2_into_minigpt", "llama_config_from_hf", "llama_to_minigpt",
     # loading, with the offline fallback
     "FALLBACK_VOCAB_SIZE", "OFFLINE_ENV", "LoadInfo", "fallback_tokenizer", "hub_reachable", "load_causal_lm",
     "offline_banner", "tiny_gpt2_config",
