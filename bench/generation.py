@@ -7,7 +7,9 @@ Decoding is greedy, so the three contenders must produce identical tokens (check
 
 Rows: 100/500/1000 new tokens from a short prompt, and "full context": a prompt of
 block_size - 500 tokens plus 500 new ones, where the uncached model re-reads 524..1023 tokens per
-step. Rounds are interleaved; figures are medians; ratios are medians of per-round ratios. Peak
+step. Rounds are interleaved; figures are medians; ratios are medians of per-round ratios, from wall
+time and from the process's CPU time (with --threads 1 the CPU time barely moves with other programs'
+load, which on a shared machine can swing wall-time ratios by several x within a round). Peak
 memory of one 500-token generation per contender is measured in a fresh child process.
 
     python bench/generation.py              # a few minutes
@@ -115,6 +117,7 @@ def main() -> None:
         for name in CONTENDERS:
             run(name, model, hf, short, 8)
     tps: dict[tuple[str, str], list[float]] = {(c[0], name): [] for c in cases for name in CONTENDERS}
+    cpu_tps: dict[tuple[str, str], list[float]] = {key: [] for key in tps}  # tokens per CPU-second
     identical: dict[str, bool] = {}
     with torch.no_grad():
         for r in range(rounds):
@@ -122,9 +125,10 @@ def main() -> None:
                 outs = {}
                 order = CONTENDERS if r % 2 == 0 else CONTENDERS[::-1]
                 for name in order:
-                    t = time.perf_counter()
+                    t, c = time.perf_counter(), time.process_time()
                     outs[name] = run(name, model, hf, idx, n)
                     tps[(label, name)].append(n / (time.perf_counter() - t))
+                    cpu_tps[(label, name)].append(n / (time.process_time() - c))
                 ref = outs["minigpt no cache"]
                 same = all(torch.equal(o, ref) for o in outs.values())
                 if not same:
@@ -147,17 +151,21 @@ def main() -> None:
         per_round = [a / b for a, b in zip(tps[(label, CONTENDERS[0])], tps[(label, "HF generate")])]
         vs_hf = median(per_round)
         vs_nc = median([a / b for a, b in zip(tps[(label, CONTENDERS[0])], tps[(label, "minigpt no cache")])])
+        cpu_round = [a / b for a, b in zip(cpu_tps[(label, CONTENDERS[0])], cpu_tps[(label, "HF generate")])]
         rows.append([label, *med.values(), f"{vs_hf:.2f}x", f"{min(per_round):.2f}-{max(per_round):.2f}x",
+                     f"{median(cpu_round):.2f}x", f"{min(cpu_round):.2f}-{max(cpu_round):.2f}x",
                      f"{vs_nc:.2f}x", "yes" if identical[label] else "NO"])
         results.append({"case": label, "new_tokens": n, "tokens_per_s": {name: tps[(label, name)] for name in
                         CONTENDERS}, "median": med, "cache_vs_hf": vs_hf, "cache_vs_no_cache": vs_nc,
+                        "tokens_per_cpu_s": {name: cpu_tps[(label, name)] for name in CONTENDERS},
+                        "cache_vs_hf_cpu_time": median(cpu_round),
                         "identical_tokens": identical[label]})
     cache_bytes = model.new_kv_cache(1).nbytes
     print()
     print(f"Greedy generation, batch 1, torch threads {torch.get_num_threads()}, model {CONFIG} "
           f"({sum(p.numel() for p in model.parameters()):,} params), {rounds} interleaved rounds")
     print(markdown_table(["new tokens", *(f"{c} tok/s" for c in CONTENDERS), "cache vs HF", "per-round range",
-                          "cache vs no cache", "same tokens"], rows))
+                          "vs HF (CPU time)", "CPU-time range", "cache vs no cache", "same tokens"], rows))
     if memory:
         print(f"\nPeak memory, one {full_n or max(lengths)}-token generation from a 16-token prompt, fresh process "
               f"each (minigpt preallocates a {cache_bytes / 2**20:.1f} MiB KV cache for {block} positions):")

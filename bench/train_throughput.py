@@ -8,7 +8,10 @@ minigpt's Trainer builds. The models:
 - minigpt with nanoGPT's architecture (what nanoGPT's recipe trains: no biases, exact GELU);
 - minigpt in GPT-2's layout (biases, tanh GELU): the very function HF computes, so this row
   compares the code alone;
-- HF GPT2LMHeadModel as GPT-2 defines it, at these sizes.
+- HF GPT2LMHeadModel as GPT-2 defines it, at these sizes;
+- with `--nanogpt PATH` (a checkout of karpathy/nanoGPT, not shipped here): nanoGPT's own model.py
+  with its own optimizer (`configure_optimizers`: AdamW, unfused on a CPU), i.e. nanoGPT's recipe
+  step, from the same matrices (the parameter names are the same).
 
 Contenders take turns step by step; a round's figure is each one's median step time, the table
 shows medians over rounds, and the speedup is the median of per-round ratios. MFU = achieved
@@ -48,12 +51,38 @@ BATCH, LR = 12, 1e-3
 ARCHS = {"minigpt": dict(bias=False, activation="gelu"), "minigpt-gpt2": dict(bias=True, activation="gelu_tanh")}
 
 NAMES = {"minigpt": "minigpt (nanoGPT's architecture)", "minigpt-gpt2": "minigpt (GPT-2 layout)",
-         "hf": "HF GPT2LMHeadModel"}
+         "hf": "HF GPT2LMHeadModel", "nanogpt": "nanoGPT model.py + its AdamW"}
+NANOGPT_PATH: str | None = None  # --nanogpt: a nanoGPT checkout whose model.py is imported
+
+
+def build_nanogpt(seed: int = 1337) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """nanoGPT's GPT with minigpt's initial matrices, and the optimizer nanoGPT's train.py builds."""
+    import importlib.util
+    from pathlib import Path
+
+    from minigpt.model import GPT, GPTConfig
+
+    assert NANOGPT_PATH is not None
+    spec = importlib.util.spec_from_file_location("nanogpt_model", Path(NANOGPT_PATH) / "model.py")
+    assert spec is not None and spec.loader is not None
+    nano = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nano)
+    torch.manual_seed(seed)
+    layout = GPT(GPTConfig(**CONFIG, **ARCHS["minigpt-gpt2"]))
+    model = nano.GPT(nano.GPTConfig(**{k: CONFIG[k] for k in ("vocab_size", "block_size", "n_layer", "n_head",
+                                                            "n_embd", "dropout")}, bias=False))
+    own = model.state_dict()
+    model.load_state_dict({k: v for k, v in layout.state_dict().items() if k in own}, strict=False)
+    model.train()
+    opt = model.configure_optimizers(0.1, LR, (0.9, 0.99), "cpu")  # nanoGPT's recipe: unfused on a CPU
+    return model, opt
 
 
 def build(impl: str, compile_model: bool = False, seed: int = 1337) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     from minigpt.model import GPT, GPTConfig
 
+    if impl == "nanogpt":
+        return build_nanogpt(seed)
     torch.manual_seed(seed)
     model: torch.nn.Module = GPT(GPTConfig(**CONFIG, **ARCHS["minigpt-gpt2"]))
     if impl == "minigpt":  # the same initial matrices without the (zero) biases
@@ -75,6 +104,8 @@ def build(impl: str, compile_model: bool = False, seed: int = 1337) -> tuple[tor
 
 
 def loss_of(impl: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if impl == "nanogpt":  # its loss is computed inside (without targets it returns the last position only)
+        return model(x, y)[1]
     logits = model(input_ids=x).logits if impl == "hf" else model(x)[0]  # (B, T, V)
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
 
@@ -123,7 +154,11 @@ def main() -> None:
     ap.add_argument("--no-memory", action="store_true", help="skip the child-process memory probes")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice; use 1 on "
                     "a machine shared with other jobs)")
+    ap.add_argument("--nanogpt", metavar="PATH", default=None,
+                    help="a karpathy/nanoGPT checkout: adds its model.py + its optimizer as a contender")
     args = ap.parse_args()
+    global NANOGPT_PATH
+    NANOGPT_PATH = args.nanogpt
     set_threads(args.threads)
     rounds = args.rounds or (2 if args.quick else 5)
     steps = args.steps or (5 if args.quick else 40)
@@ -133,6 +168,8 @@ def main() -> None:
                                                ("hf", "fp32", False)]
     if not args.no_bf16:
         contenders += [("minigpt", "bf16", False), ("hf", "bf16", False)]
+    if args.nanogpt:
+        contenders += [("nanogpt", "fp32", False)]
     if args.compile:
         contenders += [("minigpt", "fp32", True), ("hf", "fp32", True)]
     dtypes = {"fp32": None, "bf16": torch.bfloat16}
@@ -150,7 +187,7 @@ def main() -> None:
     for c, loss in first_loss.items():  # same weights -> same starting loss, or the comparison is void
         # the GPT-2 layout computes HF's function exactly; nanoGPT's architecture differs at step 0 only
         # by the exact-vs-tanh GELU (the biases it lacks start at zero in HF)
-        tol = 1e-4 if c[0] != "minigpt" else 2e-3
+        tol = 1e-4 if c[0] not in ("minigpt", "nanogpt") else 2e-3
         assert abs(loss - ref) < tol, f"{c} starts at loss {loss}, HF at {ref}: not the same starting point"
 
     from minigpt.model import GPT, GPTConfig
@@ -197,7 +234,7 @@ def main() -> None:
     memory: dict[tuple, dict[str, float]] = {}
     if not args.no_memory:
         for c in contenders:
-            if not c[2]:
+            if not c[2] and c[0] != "nanogpt":  # a spawned child cannot see --nanogpt's path
                 memory[c] = in_child(memory_probe, c[0], c[1], 5 if args.quick else 20, args.threads)
 
     base = ("hf", "fp32", False)
@@ -226,6 +263,11 @@ def main() -> None:
     print(markdown_table(["model", "precision", "tokens/s", "vs HF fp32", "per-round range", "tokens/CPU-s",
                           "vs HF (CPU time)",
                           "MFU", "peak RSS MiB", "training MiB"], rows))
+    nano = ("nanogpt", "fp32", False)
+    if nano in tps:
+        vs = [a / b for a, b in zip(tps[("minigpt", "fp32", False)], tps[nano])]
+        print(f"\nminigpt (nanoGPT's architecture, fused AdamW) vs nanoGPT's model.py + its AdamW: "
+              f"{median(vs):.2f}x per step (per-round {min(vs):.2f}-{max(vs):.2f}x)")
     bf = f", bf16 {median(peaks['bf16']):,.0f}" if peaks["bf16"] else ""
     print(f"\nmatmul peak (1024^3, same run): fp32 {median(peaks['fp32']):,.0f} GFLOP/s{bf}; "
           f"FLOPs/token {flops_per_token:,}; machine: {machine_info()}")

@@ -114,11 +114,14 @@ def fast_attention(
     is_causal: bool = False,
     dropout_p: float = 0.0,
     scale: float | None = None,
+    enable_gqa: bool = False,
 ) -> torch.Tensor:
     """The same result as :func:`scaled_dot_product_attention` through PyTorch's fused kernels.
 
     ``F.scaled_dot_product_attention`` picks flash / memory-efficient kernels where it can and never
     materialises the (T, S) weights, so it is the path models use for training and decoding.
+    ``enable_gqa``: k and v have fewer heads than q (grouped-query attention); the kernel reads each
+    key/value head for its group of query heads instead of us copying it out to every head first.
     """
     T, S = q.size(-2), k.size(-2)
     if is_causal and (mask is not None or T != S):
@@ -132,10 +135,11 @@ def fast_attention(
         dead = ~mask.any(dim=-1, keepdim=True)  # (..., T, 1)
         if bool(dead.any()):
             mask = mask | (dead & (torch.arange(S, device=q.device) == 0))
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale,
+                                                 enable_gqa=enable_gqa)
             return out.masked_fill(dead, 0.0)
     return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
+        q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa
     )
 
 
@@ -170,9 +174,10 @@ class KVCache:
             raise RuntimeError(
                 f"KV cache is full ({self.max_len} positions); crop the context or start a new cache"
             )
-        self.k[layer][:, :, self.pos : end] = k
-        self.v[layer][:, :, self.pos : end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        self.k[layer].narrow(2, self.pos, T).copy_(k)
+        self.v[layer].narrow(2, self.pos, T).copy_(v)
+        # only the filled prefix: attention never reads the empty rest of the buffer
+        return self.k[layer].narrow(2, 0, end), self.v[layer].narrow(2, 0, end)
 
     def advance(self, T: int) -> None:
         self.pos += T
@@ -281,17 +286,17 @@ class MultiHeadAttention(nn.Module):
         q, k, v = self._project(x, context, rope)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # (B, nkv, S, hs) with S = pos + T
-        if self.n_kv_head != self.n_head:
-            # each key/value head serves n_head // n_kv_head query heads
-            rep = self.n_head // self.n_kv_head
-            k = k.repeat_interleave(rep, dim=1)  # (B, nh, S, hs)
-            v = v.repeat_interleave(rep, dim=1)
+        grouped = self.n_kv_head != self.n_head
         dropout_p = self.dropout if self.training else 0.0
         # A single decoding step sees every cached key: no causal mask is needed at all.
         causal = causal and not (kv_cache is not None and T == 1)
         if need_weights:
+            if grouped:  # each key/value head serves n_head // n_kv_head query heads
+                rep = self.n_head // self.n_kv_head
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # (B, nh, S, hs)
             y, w = scaled_dot_product_attention(q, k, v, mask=mask, is_causal=causal, dropout_p=dropout_p)
-        else:
-            y, w = fast_attention(q, k, v, mask=mask, is_causal=causal, dropout_p=dropout_p), None
+        else:  # grouped heads without copying the (cached) keys and values out to every query head
+            y = fast_attention(q, k, v, mask=mask, is_causal=causal, dropout_p=dropout_p, enable_gqa=grouped)
+            w = None
         y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble heads side by side
         return dropout(self.resid_dropout, self.c_proj(y)), w

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from minigpt.attention import KVCache
 from minigpt.generation import beam_search, filter_top_k, filter_top_p, generate, stream
 from minigpt.model import GPT, CachedLanguageModel, GPTConfig, LanguageModel
 
@@ -31,6 +32,32 @@ def test_kv_cached_and_uncached_decoding_give_the_same_tokens(model, n, sampling
     assert a.shape == (2, 3 + n) and torch.equal(a, b)
     assert cached_feeds[0] == 3 and (n == 1 or cached_feeds.count(1) >= min(n - 1, 12 - 3))
     assert fed == [min(3 + i, 12) for i in range(n)]  # uncached: the whole (cropped) context every step
+
+
+@pytest.mark.parametrize("n_kv_head", [None, 1])  # multi-head and grouped-query (cache read without copies)
+def test_cached_decoding_at_full_context_feeds_one_token_and_reads_only_the_filled_cache(n_kv_head, monkeypatch):
+    torch.manual_seed(1)
+    model = GPT(GPTConfig(vocab_size=23, block_size=32, n_layer=2, n_head=4, n_kv_head=n_kv_head, n_embd=32)).eval()
+    x = torch.randint(0, 23, (2, 24), generator=torch.Generator().manual_seed(5))  # 24 + 8 = the whole block
+    seen = []  # (keys the attention read, positions filled) per layer and step
+    update = KVCache.update
+
+    def spy(cache, layer, k, v):
+        out = update(cache, layer, k, v)
+        seen.append((out[0].size(2), cache.pos + k.size(2)))
+        return out
+
+    monkeypatch.setattr(KVCache, "update", spy)
+    fed = []
+    hook = model.register_forward_pre_hook(lambda m, args: fed.append(args[0].size(1)))
+    try:
+        a = generate(model, x, 8, greedy=True, use_cache=True)
+    finally:
+        hook.remove()
+    b = generate(model, x, 8, greedy=True, use_cache=False)
+    assert torch.equal(a, b)
+    assert fed == [24] + [1] * 7  # the prompt once, then one token per step: no refill at the block's end
+    assert all(read == filled for read, filled in seen) and seen[-1][1] == 31  # never the empty rest
 
 
 def test_greedy_is_the_argmax_of_a_plain_loop(model):
