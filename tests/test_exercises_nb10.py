@@ -234,7 +234,7 @@ def update_per_occurrence(words, freqs, counts, where, pair, new_id):
 
 
 UPDATE_MUTANTS = {
-    "moves counts by 1, not the frequency": (update_unweighted, r"freqs\[i\]"),
+    "moves counts by 1, not the frequency": (update_unweighted, r"moved by 1 per word"),
     "forgets the neighbouring pairs": (update_forgets_neighbours, r"NEIGHBOURING pairs"),
     "forgets the new pairs": (update_forgets_new_pairs, r"new pairs that contain the merged token"),
     "does not record where new pairs occur": (update_forgets_where, r"where\[.*\] does not list word"),
@@ -309,7 +309,7 @@ ENCODE_MUTANTS = {
     "latest merge first": (encode_latest_first, r"most recently learned merge first"),
     "one pass, no repeat": (encode_one_pass, r"stopped too early"),
     "highest new id first": (encode_by_new_id_desc, r"most recently learned merge first"),
-    "merges overlaps twice": (lambda s, m: encode_chunk_with(s, m, merge_no_skip), r"expected"),
+    "merges overlaps twice": (lambda s, m: encode_chunk_with(s, m, merge_no_skip), r"everywhere \(left to right\)"),
 }
 
 
