@@ -87,9 +87,9 @@ def train_naive(words: Counter[tuple[int, ...]], n_merges: int, ids: dict[int, i
         for w, f in table.items():
             for p in zip(w, w[1:], strict=False):
                 counts[p] += f
-        if not counts or counts[_best(counts)] < 2:
+        pair = _best(counts) if counts else None  # one max over all pairs per merge: most of the time left
+        if pair is None or counts[pair] < 2:
             break
-        pair = _best(counts)
         new_id = vocab.add(pair)
         merges.append((vocab.bytes[pair[0]], vocab.bytes[pair[1]]))
         table = {tuple(merge(w, pair, new_id)): f for w, f in table.items()}
@@ -106,9 +106,9 @@ def train_incremental(words: Counter[tuple[int, ...]], n_merges: int, ids: dict[
             where[p].add(i)
     vocab, merges = _Vocab(ids), []
     for _ in range(n_merges):
-        if not counts or counts[_best(counts)] < 2:
+        pair = _best(counts) if counts else None  # one max over all pairs per merge: most of the time left
+        if pair is None or counts[pair] < 2:
             break
-        pair = _best(counts)
         new_id = vocab.add(pair)
         merges.append((vocab.bytes[pair[0]], vocab.bytes[pair[1]]))
         for i in where.pop(pair, ()):
