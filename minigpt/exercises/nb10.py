@@ -109,7 +109,7 @@ def check_count_pairs(count_pairs: Callable) -> None:
         once = _ref_counts((w, 1) for w in words)
         expect(got != once, "every word counts once in your result: add the word's frequency (words[word]), not 1, "
                             "for each of its pairs")
-        no_overlap = Counter()
+        no_overlap: Counter[Pair] = Counter()
         for w, f in words.items():
             i = 0
             while i < len(w) - 1:
@@ -123,7 +123,7 @@ def check_count_pairs(count_pairs: Callable) -> None:
         extra = sorted(set(got) - set(want))
         expect(not extra, f"your result holds pairs that no word contains, e.g. {extra[:3]}: pairs are counted "
                           "inside each word only; the pre-tokenizer's chunks are never merged across")
-        unordered = Counter()
+        unordered: Counter[Pair] = Counter()
         for (a, b), c in want.items():
             unordered[(min(a, b), max(a, b))] += c
         expect(got != dict(unordered), "(a, b) and (b, a) are different pairs: keep the order of the symbols")
