@@ -54,11 +54,13 @@ bench: setup data
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/time_to_loss.py
+	$(BIN)/python bench/tokenizer_bpe.py
 
 bench-quick: setup data
 	$(BIN)/python bench/train_throughput.py --quick
 	$(BIN)/python bench/generation.py --quick
 	$(BIN)/python bench/time_to_loss.py --quick
+	$(BIN)/python bench/tokenizer_bpe.py --quick
 
 student: setup
 	$(BIN)/minigpt course student --src notebooks --out student

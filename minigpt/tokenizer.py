@@ -22,11 +22,29 @@ import torch
 
 from .atomic import atomic_write_text
 
-__all__ = ["BPETokenizer", "CharTokenizer", "UnknownCharacterError"]
+__all__ = ["BPETokenizer", "CharTokenizer", "UnknownCharacterError", "gpt2_bytes_to_unicode"]
 
 _CHAR_FORMAT = "minigpt.CharTokenizer"  # marks our JSON files so foreign JSON is rejected clearly
 _CHAR_VERSION = 1
 ENDOFTEXT = "<|endoftext|>"
+
+
+def gpt2_bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's table from a byte to the printable character that stands for it in vocab and merges files.
+
+    Bytes that are printable Latin-1 (``!``..``~``, ``¡``..``¬``, ``®``..``ÿ``) stand for themselves; the other 68
+    (control bytes, space, ...) get ``chr(256 + n)`` in byte order, so a space is ``Ġ`` and a newline ``Ċ``
+    (``bytes_to_unicode`` in OpenAI's ``encoder.py``; Hugging Face's ByteLevel pre-tokenizer uses the same table).
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, n = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + n)
+            n += 1
+    return table
 
 
 class UnknownCharacterError(ValueError):
@@ -217,6 +235,22 @@ class BPETokenizer:
         if bad:
             raise ValueError(f"ids out of range for vocab_size {n}: {sorted(set(bad))[:10]}")
         return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def merges(self) -> list[tuple[bytes, bytes]]:
+        """The learned merges in the order they were learned (rank 0 first), as pairs of byte strings."""
+        to_byte = {c: b for b, c in gpt2_bytes_to_unicode().items()}
+        merges = self.to_dict()["model"]["merges"]
+        pairs = [m.split(" ") if isinstance(m, str) else m for m in merges]  # older files: "a b" strings
+        return [(bytes(to_byte[c] for c in a), bytes(to_byte[c] for c in b)) for a, b in pairs]
+
+    def vocab_bytes(self) -> dict[int, bytes]:
+        """id -> the bytes the token stands for (special tokens: their UTF-8 text); decode = join, then UTF-8."""
+        to_byte = {c: b for b, c in gpt2_bytes_to_unicode().items()}
+        specials = {t.content for t in self.tokenizer.get_added_tokens_decoder().values()}
+        return {
+            i: tok.encode("utf-8") if tok in specials else bytes(to_byte[c] for c in tok)
+            for tok, i in self.tokenizer.get_vocab(with_added_tokens=True).items()
+        }
 
     def token_to_id(self, token: str) -> int | None:
         return self.tokenizer.token_to_id(token)

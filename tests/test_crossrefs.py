@@ -41,6 +41,8 @@ TOPICS = {
     "08": ["fine-tun", "finetun", "hugging face", "gpt-2", "gpt2", "lora", "trainer"],
     "09": ["attention analysis", "analysing attention", "analyzing attention", "heatmap", "induction", "rollout",
            "attention pattern", "interpretab", "attention weights"],
+    "10": ["tokeniz", "bpe", "byte-pair", "byte pair", "utf-8", "bytes", "merges", "pre-tokeniz", "bits per byte",
+           "special token", "vocabulary size"],
     "11": ["llama", "gpt-2 to llama", "modern architecture", "rmsnorm", "swiglu", "rope", "rotary", "rotate-half",
            "rotate_half", "grouped-query", "gqa", "qk-norm", "qwen", "smollm", "ablation", "untied", "chat template"],
     "12": ["at scale", "mixed precision", "bf16", "fp16", "gradient accumulation", "clipping",
@@ -140,6 +142,7 @@ def test_the_test_finds_what_it_should():
                            "the encoder–decoder)")
     assert not problems_in("the encoder–decoder of notebook 05 and (the 2017 paper, notebook 05)")
     assert not problems_in("notebook 06 (GPT from scratch), out/07_char_gpt_shakespeare_ckpt, notebook 03 (RoPE)")
+    assert not problems_in("notebook 10 (byte-level BPE, bits per byte)") and problems_in("notebook 09 (BPE merges)")
 
 
 def test_every_notebook_title_carries_its_own_number():

@@ -185,3 +185,35 @@ def test_bpe_to_hf_matches(bpe):
     assert hf.eos_token_id == 0
     assert hf.pad_token is None
     assert hf.decode(bpe.encode(text)) == text
+
+
+# ---------------------------------------------------------------- BPETokenizer: merges and bytes of every id
+
+
+def test_gpt2_byte_table_is_a_bijection_onto_printable_characters():
+    from minigpt.tokenizer import gpt2_bytes_to_unicode
+
+    table = gpt2_bytes_to_unicode()
+    assert sorted(table) == list(range(256)) and len(set(table.values())) == 256
+    assert table[ord(" ")] == "Ġ" and table[ord("\n")] == "Ċ" and table[ord("a")] == "a"
+    assert all(c.isprintable() and not c.isspace() for c in table.values())
+
+
+def test_bpe_merges_and_vocab_bytes_agree_with_tokenizers():
+    text = SHAKESPEARE_LIKE * 3 + "naïve café 🤗 你好\r\n\x00"
+    tok = BPETokenizer.train(text, vocab_size=300)
+    vocab = tok.vocab_bytes()
+    assert len(vocab) == tok.vocab_size and vocab[tok.token_to_id("<|endoftext|>")] == b"<|endoftext|>"
+    assert sorted(len(b) for i, b in vocab.items() if b != b"<|endoftext|>")[:256] == [1] * 256
+    merges = tok.merges()
+    assert len(merges) == tok.vocab_size - 257 and all(a + b in vocab.values() for a, b in merges)
+    # the merges' strings, mapped back through the table, are the tokenizers JSON's merges
+    from minigpt.tokenizer import gpt2_bytes_to_unicode
+
+    table = gpt2_bytes_to_unicode()
+    raw = tok.to_dict()["model"]["merges"]
+    assert [["".join(table[b] for b in a), "".join(table[b] for b in b_)] for a, b_ in merges] == [list(m) for m in raw]
+    # joining the bytes of the ids and decoding once is what tokenizers' decode gives
+    for s in [text, "ROMEO: 🤗 e\u0301", "\x00\r\n"]:
+        ids = tok.encode(s)
+        assert b"".join(vocab[i] for i in ids).decode("utf-8") == tok.decode(ids) == s
