@@ -10,8 +10,8 @@
         log; evaluate / save / stop when due
 
 Everything else is a small named piece beside it: `History` and `ProgressLog` (what is recorded
-and shown, `minigpt.history`), `EarlyStopping`, `NanGuard`, resume and RNG state (`minigpt.rng`),
-torchrun helpers (`minigpt.distributed`), and run planning (`plan_run`: epochs to steps, warmup
+and shown, `minigpt.training.history`), `EarlyStopping`, `NanGuard`, resume and RNG state (`minigpt.training.rng`),
+torchrun helpers (`minigpt.training.distributed`), and run planning (`plan_run`: epochs to steps, warmup
 and decay clamps, a time budget turned into a step count).
 
 Data: `get_batch(split, generator) -> tuple[Tensor, ...]` with split "train" or "val", targets
@@ -65,7 +65,9 @@ from .checkpoint import (
 from .data import check_length
 from .data import get_batch as sample_split
 from .device import autocast, autocast_dtype, get_device, make_grad_scaler
-from .distributed import (
+from .optim import Muon, MuonAdamW, split_muon_params
+from .schedule import SCHEDULES, lr_at
+from .training.distributed import (
     DistInfo,
     all_gather_objects,
     all_mean,
@@ -73,11 +75,9 @@ from .distributed import (
     cleanup_distributed,
     setup_distributed,
 )
-from .history import COLUMNS, History, ProgressLog
-from .interrupt import StopSignals
-from .optim import Muon, MuonAdamW, split_muon_params
-from .rng import rng_state, seed_everything, set_rng_state
-from .schedule import SCHEDULES, lr_at
+from .training.history import COLUMNS, History, ProgressLog
+from .training.interrupt import StopSignals
+from .training.rng import rng_state, seed_everything, set_rng_state
 
 __all__ = [
     "COLUMNS",
