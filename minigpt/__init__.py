@@ -1,7 +1,7 @@
 """minigpt: the small library behind every notebook of the course.
 
 `import minigpt` stays light: it imports torch and the core modules only. Hugging Face helpers
-(`minigpt.hf`), plotting (`minigpt.viz`), attention analysis (`minigpt.analysis`) and serving
+(`minigpt.hf`), plotting (`minigpt.tools.viz`), attention analysis (`minigpt.tools.analysis`) and serving
 (`minigpt.serve`) are imported on demand, so they never slow down or break the core.
 """
 

@@ -228,7 +228,7 @@ def _add_output_flags(g: Any) -> None:
 
 
 def _add_config_flags(g: Any) -> None:
-    from .loggers import LOGGERS
+    from .training.loggers import LOGGERS
 
     g.add_argument("--config", metavar="FILE", help="a .toml or .yaml file of these settings (keys: the flag "
                    "names, e.g. batch_size); flags on the command line override it")
@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"minigpt {__version__}")
-    from .runconfig import ConfigFileParser
+    from .training.runconfig import ConfigFileParser
 
     # ConfigFileParser: `minigpt train --config FILE` reads defaults from the file while parsing
     sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=ConfigFileParser)
@@ -359,9 +359,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import latest_checkpoint, prepare_out_dir
     from .data import train_val_split
     from .presets import get_preset
-    from .rng import seed_everything
-    from .runconfig import resolved_config
     from .train import Trainer, TrainingDiverged, lm_batches, plan_run
+    from .training.rng import seed_everything
+    from .training.runconfig import resolved_config
 
     if args.epochs is not None and args.max_iters is not None:
         raise CLIError("give either --epochs or --max-iters, not both")
@@ -419,9 +419,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _attach_logging(trainer: Any, args: argparse.Namespace, run_config: dict[str, Any]) -> None:
     """run.toml, the progress display (--quiet, --progress-interval) and the --logger callback."""
-    from .history import ProgressLog
-    from .loggers import LoggerCallback, make_logger
-    from .runconfig import write_config
+    from .training.history import ProgressLog
+    from .training.loggers import LoggerCallback, make_logger
+    from .training.runconfig import write_config
 
     trainer.progress = ProgressLog(trainer.is_main, steps=not args.quiet, interval=args.progress_interval)
     if not trainer.is_main:

@@ -9,10 +9,12 @@
         optimizer step
         log; evaluate / save / stop when due
 
-Everything else is a small named piece beside it: `History` and `ProgressLog` (what is recorded
-and shown, `minigpt.history`), `EarlyStopping`, `NanGuard`, resume and RNG state (`minigpt.rng`),
-torchrun helpers (`minigpt.distributed`), and run planning (`plan_run`: epochs to steps, warmup
-and decay clamps, a time budget turned into a step count).
+Everything else is a small named piece beside it, most in `minigpt/training/`: `History` and
+`ProgressLog` (what is recorded and shown, `training.history`), `EarlyStopping`, the NaN guard
+(`training.guard`), saving and exact resume (`training.resume`, with RNG state from `training.rng`),
+torchrun helpers and device placement (`training.distributed`), Ctrl-C at a step boundary
+(`training.interrupt`), and run planning (`plan_run`, here: epochs to steps, warmup and decay
+clamps, a time budget turned into a step count).
 
 Data: `get_batch(split, generator) -> tuple[Tensor, ...]` with split "train" or "val", targets
 last (`(x, y)` for a language model, `(src, tgt_in, targets)` for the encoder-decoder). The
@@ -53,31 +55,26 @@ from torch import nn
 from .checkpoint import (
     BEST_DIR,
     LATEST_DIR,
-    CheckpointError,
-    latest_checkpoint,
-    load_checkpoint,
-    load_train_state,
-    prepare_out_dir,
-    read_meta,
-    save_checkpoint,
     unwrap_model,
 )
 from .data import check_length
 from .data import get_batch as sample_split
 from .device import autocast, autocast_dtype, get_device, make_grad_scaler
-from .distributed import (
+from .optim import Muon, MuonAdamW, split_muon_params
+from .schedule import SCHEDULES, lr_at
+from .training.distributed import (
     DistInfo,
-    all_gather_objects,
     all_mean,
     any_rank,
     cleanup_distributed,
+    place_model,
     setup_distributed,
 )
-from .history import COLUMNS, History, ProgressLog
-from .interrupt import StopSignals
-from .optim import Muon, MuonAdamW, split_muon_params
-from .rng import rng_state, seed_everything, set_rng_state
-from .schedule import SCHEDULES, lr_at
+from .training.guard import NanGuard, TrainingDiverged, record_divergence
+from .training.history import COLUMNS, History, ProgressLog
+from .training.interrupt import StopSignals
+from .training.resume import resume_or_seed, save_run
+from .training.rng import rng_state, set_rng_state
 
 __all__ = [
     "COLUMNS",
@@ -114,8 +111,6 @@ GetBatch = BatchFn  # the older name
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 OPTIMIZERS = ("adamw", "muon")
 STATUSES = ("running", "completed", "time_limit", "early_stopped", "stopped", "interrupted", "diverged")
-# fields a resumed run must share with the run that wrote the checkpoint (Trainer refuses otherwise)
-_SAME_ON_RESUME = ("optimizer", "batch_size", "grad_accum", "seed", "beta1", "beta2", "muon_momentum")
 _EVAL_SEED_OFFSET = 10_007  # eval batches come from their own fixed stream, never the training one
 
 
@@ -213,15 +208,6 @@ def _check_int(name: str, value: Any, low: int, high: int = _MAX_STEPS) -> None:
         raise ValueError(f"TrainConfig.{name} ({flag}) must be an integer in [{low}, {high}], got {value!r}")
 
 
-class TrainingDiverged(FloatingPointError):
-    """Loss or gradient became NaN/Inf. `.history` holds the rows up to that point."""
-
-    def __init__(self, message: str, *, step: int, history: History | None = None):
-        super().__init__(message)
-        self.step = step
-        self.history = history
-
-
 @dataclass
 class TrainEvent:
     """What the callback receives. `kind`: "step" (every optimizer step), "eval", or "end"."""
@@ -263,34 +249,6 @@ class EarlyStopping:
     @property
     def should_stop(self) -> bool:
         return self.patience is not None and self.bad_evals >= self.patience
-
-
-@dataclass
-class NanGuard:
-    """Says when a step must not be taken: loss or gradient norm NaN/Inf.
-
-    With fp16's GradScaler an inf gradient now and then is expected (the scaler skips that step and
-    lowers the scale), so there only more than `max_skipped` skips in a row count as divergence.
-    """
-
-    scaled: bool  # fp16 with a GradScaler
-    max_skipped: int = 20
-    skipped: int = 0
-
-    def diverged(self, loss: float, grad_norm: float) -> bool:
-        bad_grad = not math.isfinite(grad_norm)
-        if self.scaled:
-            self.skipped = self.skipped + 1 if bad_grad else 0
-            bad_grad = self.skipped > self.max_skipped
-        return bad_grad or not math.isfinite(loss)
-
-
-def _hint(dtype: torch.dtype | None, grad_clip: float, lr: float) -> str:
-    hints = [f"the learning rate may be too high: lower lr (e.g. {lr / 3:.1e})"]
-    hints.append("enable gradient clipping (grad_clip=1.0)" if not grad_clip else "")
-    if dtype is torch.float16:
-        hints.append("float16 can overflow: use dtype='bfloat16' (or 'float32')")
-    return "; ".join(h for h in hints if h) + "."
 
 
 # ---------------------------------------------------------------------------- pieces
@@ -497,7 +455,7 @@ class Trainer:
         self.resume, self.metadata = resume, dict(metadata or {})
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else None
         self.dist = setup_distributed(cfg.device)
-        self._place_model(model)  # sets device, dtype, model, train_model
+        self.device, self.dtype, self.model, self.train_model = place_model(model, cfg, self.dist)
         self.optimizer = configure_optimizer(self.model, cfg, self.device)
         self.scaler = make_grad_scaler(self.device, self.dtype)
         self.generator = torch.Generator().manual_seed(cfg.seed + self.dist.rank)
@@ -514,30 +472,12 @@ class Trainer:
         self._stop_request = False
         self.signals = StopSignals()  # SIGINT/SIGTERM during fit(); `.exit_code` is 130/143 after one
 
-    def _place_model(self, model: nn.Module) -> None:
-        """Device, autocast dtype, the plain module (checkpoints, eval) and what the training forward uses."""
-        cfg = self.config
-        if self.dist.enabled and torch.cuda.is_available() and cfg.device in ("auto", "cuda"):
-            self.device = torch.device(f"cuda:{self.dist.local_rank}")
-        else:
-            self.device = get_device(cfg.device)
-        self.dtype = autocast_dtype(self.device, None if cfg.dtype == "auto" else cfg.dtype)  # None = fp32
-        self.model = unwrap_model(model).to(self.device)
-        if cfg.compile:
-            self.model.compile()  # in place: state_dict keys keep their names
-        self.train_model: nn.Module = self.model
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = DDP(self.model, device_ids=ids)
-
     # -- the loop
 
     def fit(self) -> History:
         """Train until a stop condition; returns the History (`.status` says why it stopped)."""
         cfg = self.config
-        resumed = self._resume_or_seed()
+        resumed = resume_or_seed(self)  # from out_dir's latest checkpoint, else from the seed
         self._start()
         status = "completed"
         # Ctrl-C / SIGTERM only set a flag: the step in progress finishes, then the loop saves and stops
@@ -601,7 +541,7 @@ class Trainer:
         loss_v, norm_v = loss.item(), float(grad_norm)  # one sync per step, needed by the guard
         if any_rank(self.dist, self.device, self.guard.diverged(loss_v, norm_v))[0]:
             self.optimizer.zero_grad(set_to_none=True)
-            raise self._diverged(loss_v, norm_v, lr)
+            raise record_divergence(self, loss_v, norm_v, lr)
         return loss_v, norm_v
 
     def _log_step(self, loss: float, lr: float, grad_norm: float) -> None:
@@ -636,20 +576,6 @@ class Trainer:
 
     # -- start and end of a run
 
-    def _resume_or_seed(self) -> bool:
-        """Continue from out_dir's latest checkpoint if asked and there is one (True); else seed."""
-        if self.out_dir is not None and self.is_main:  # a folder that cannot take checkpoints fails now
-            prepare_out_dir(self.out_dir, resume=True)
-        if self.resume and self.out_dir is not None:
-            ckpt = latest_checkpoint(self.out_dir)
-            if ckpt is not None:
-                self._load(ckpt)
-                self.progress.say(f"resumed from {ckpt} at step {self.step}")
-                return True
-            self.progress.say(f"no checkpoint in {self.out_dir}; starting from scratch")
-        seed_everything(self.config.seed + self.dist.rank)
-        return False
-
     def _start(self) -> None:
         self.model.train()
         self._t0 = time.perf_counter()
@@ -682,19 +608,6 @@ class Trainer:
         self._write_history()
         self._emit("end", {"status": status})
         return self.history
-
-    def _diverged(self, loss: float, grad_norm: float, lr: float) -> TrainingDiverged:
-        """Record the divergence (history row, files, "end" event) and build the error to raise."""
-        self.history.append(step=self.step, event="diverged", train_loss=loss, lr=lr, grad_norm=grad_norm,
-                            tokens_seen=self.tokens_seen, elapsed=self.elapsed)
-        self.history.status = "diverged"
-        self._write_history()
-        self._emit("end", {"status": "diverged"})
-        kept = latest_checkpoint(self.out_dir) if self.out_dir is not None else None
-        where = f"The last good checkpoint is kept at {kept}." if kept else "No checkpoint was written."
-        msg = (f"training diverged at step {self.step + 1}: loss={loss}, grad norm={grad_norm}, lr={lr:.3g}. "
-               f"The weights were not updated. Hints: {_hint(self.dtype, self.config.grad_clip, lr)} {where}")
-        return TrainingDiverged(msg, step=self.step, history=self.history)
 
     # -- evaluation
 
@@ -741,31 +654,12 @@ class Trainer:
     # -- checkpoints: ckpt/ (latest, with training state) and best/ (weights of the best val loss)
 
     def save(self, which: str = LATEST_DIR) -> Path | None:
-        """Write `out_dir/ckpt` (with training state) or `out_dir/best` (weights only).
+        """Write `out_dir/ckpt` (with training state) or `out_dir/best` (weights only); see `save_run`.
 
         Collective under DDP (every rank must call it); rank 0 writes. Refuses non-finite weights,
         so a diverging run never replaces a good checkpoint.
         """
-        if self.out_dir is None:
-            return None
-        state = self._train_state() if which == LATEST_DIR else None
-        finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())  # every rank raises together
-        if which == LATEST_DIR:
-            self._last_saved_step = self.step
-        if not finite:
-            raise TrainingDiverged(
-                f"weights are NaN/Inf at step {self.step}; not saving over the last good checkpoint "
-                f"in {self.out_dir}. " + _hint(self.dtype, self.config.grad_clip, self.config.lr),
-                step=self.step, history=self.history,
-            )
-        if not self.is_main:
-            return None
-        path = save_checkpoint(
-            self.out_dir / which, self.model, tokenizer=self.tokenizer, train_config=self.config,
-            train_state=state, step=self.step, best_val_loss=self.best_val_loss, metadata=self.metadata,
-        )
-        self._write_history()
-        return path
+        return save_run(self, which)
 
     def _write_history(self) -> None:
         if self.out_dir is None or not self.is_main:
@@ -773,70 +667,6 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.history.to_csv(self.out_dir / "history.csv")
         self.history.to_json(self.out_dir / "history.json")
-
-    def _train_state(self) -> dict[str, Any]:
-        # every rank's random streams, so a resumed DDP run draws the same data
-        streams = all_gather_objects(self.dist, (self.generator.get_state(), rng_state()))
-        return {
-            "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "rng": [s[1] for s in streams],
-            "data_rng": [s[0] for s in streams],
-            "history": self.history.to_dict(),
-            "best_val_loss": self.early_stopping.best,
-            "evals_without_improvement": self.early_stopping.bad_evals,
-            "tokens_seen": self.tokens_seen,
-            "elapsed": self.elapsed,
-            "world_size": self.dist.world_size,
-        }
-
-    def _load(self, path: Path) -> None:
-        state = load_train_state(path)  # validated; read before anything of this run is replaced
-        missing = [k for k in ("step", "optimizer", "history", "rng", "data_rng") if k not in state]
-        if missing:
-            raise CheckpointError(f"the training state in {path} lacks {missing}; it was not written by Trainer")
-        self._refuse_other_run(path, read_meta(path).get("train_config") or {})
-        load_checkpoint(path, device=self.device, model=self.model)
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-            if state.get("scaler") and self.scaler.is_enabled():
-                self.scaler.load_state_dict(state["scaler"])
-            self.history = History.from_dict(state["history"])
-            self._restore_random_streams(state)
-        except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
-            raise CheckpointError(f"the training state in {path} does not fit this run "
-                                  f"({type(e).__name__}: {e}); start a new run or use another checkpoint") from e
-        self.step = self._last_saved_step = int(state["step"])
-        self.history.status = "running"
-        self.early_stopping.best = state.get("best_val_loss")
-        self.early_stopping.bad_evals = int(state.get("evals_without_improvement", 0))
-        self.tokens_seen = int(state.get("tokens_seen", 0))
-        self._elapsed_before = float(state.get("elapsed", 0.0))
-
-    def _refuse_other_run(self, path: Path, saved: dict[str, Any]) -> None:
-        """A resumed run must continue the same recipe: optimizer state, data stream and batch shape
-        only fit the run that wrote them."""
-        saved = {"optimizer": "adamw", **saved}
-        for name in _SAME_ON_RESUME:
-            if name in saved and saved[name] != getattr(self.config, name):
-                flag = "--" + name.replace("_", "-")
-                raise ValueError(
-                    f"{path} was trained with {name}={saved[name]!r} but this run uses {name}="
-                    f"{getattr(self.config, name)!r}; resume with {name}={saved[name]!r} (CLI: {flag} "
-                    f"{saved[name]}, or leave the flag out), or start a new run in another out_dir"
-                )
-
-    def _restore_random_streams(self, state: dict[str, Any]) -> None:
-        rank = self.dist.rank
-        if state.get("world_size", 1) == self.dist.world_size:
-            self.generator.set_state(state["data_rng"][rank])
-            set_rng_state(state["rng"][rank])
-        else:  # different number of processes: continue deterministically, but on new streams
-            log.warning("checkpoint was written with world size %s, now %s: data order will differ",
-                        state.get("world_size"), self.dist.world_size)
-            self.generator.manual_seed(self.config.seed + rank + 7919 * self.step)
-            torch.manual_seed(self.config.seed + rank + 7919 * self.step)
 
     # -- small helpers
 

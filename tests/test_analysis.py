@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from minigpt import GPT, CharTokenizer, GPTConfig
-from minigpt.analysis import (
+from minigpt.tools.analysis import (
     Attention,
     AttentionUnavailableError,
     attention_rollout,

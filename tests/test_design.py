@@ -88,7 +88,7 @@ def documented_items():
     for modules, cell in table_rows():
         for span in _code_spans(cell):
             if span in modules:
-                continue  # a label: "`hf`: ... `hf_data`: ..."
+                continue  # a label: "`tools.analysis`, `tools.viz` | `tools.analysis`: ..."
             m = ITEM.match(span)
             assert m, f"DESIGN.md row {modules}: `{span}` is not a name or name(args); keep the format parseable"
             name, args = m["name"], m["args"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minigpt import envcheck
+from minigpt.tools import envcheck
 
 FALLBACK = envcheck.MPS_FALLBACK_ENV
 
@@ -112,7 +112,7 @@ SET = f'import os\nos.environ["{FALLBACK}"] = "1"'
     "history, late",
     [
         (["import torch", SET], True),  # the classic mistake
-        (["from minigpt.envcheck import check_environment", SET], True),  # minigpt imports torch
+        (["from minigpt.tools.envcheck import check_environment", SET], True),  # minigpt imports torch
         ([SET, "import torch"], False),
         ([SET + "\nimport torch"], False),  # same cell, set first
         (["import torch\n" + SET], True),  # same cell, import first
@@ -196,7 +196,7 @@ def test_colab_report_flags_cpu_runtime(monkeypatch, capsys):
 
 
 def test_output_dir_is_out_next_to_the_notebooks_unless_the_environment_names_one(monkeypatch, tmp_path):
-    from minigpt.envcheck import OUT_DIR_ENV, output_dir
+    from minigpt.tools.envcheck import OUT_DIR_ENV, output_dir
 
     monkeypatch.delenv(OUT_DIR_ENV, raising=False)
     assert output_dir() == Path("../out") and output_dir("12_ddp") == Path("../out/12_ddp")
@@ -212,4 +212,4 @@ def test_notebooks_write_only_through_output_dir():
     for path in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb")):
         cells = json.loads(path.read_text())["cells"]
         code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
-        assert not re.search(r"Path\(\s*[\"']\.\./out", code), f"{path.name}: use minigpt.envcheck.output_dir()"
+        assert not re.search(r"Path\(\s*[\"']\.\./out", code), f"{path.name}: use minigpt.tools.envcheck.output_dir()"

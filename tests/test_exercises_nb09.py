@@ -126,8 +126,8 @@ test_reference_passes, test_mutant_fails, test_stub_not_done = checker_tests(CAS
 
 
 def test_library_agrees_with_the_checkers():
-    """minigpt.analysis implements the same definitions the exercises teach."""
-    from minigpt import analysis
+    """minigpt.tools.analysis implements the same definitions the exercises teach."""
+    from minigpt.tools import analysis
 
     assert check_rollout(lambda m: analysis.attention_rollout(m)).passed
     assert check_previous_token_score(lambda A: analysis.previous_token_score(A)).passed

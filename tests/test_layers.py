@@ -19,13 +19,10 @@ LAYERS: dict[str, set[str]] = {
     "core": {
         "minigpt",  # the package __init__: re-exports the core (train/checkpoint names load on first use)
         "attention", "positional", "blocks", "contract", "model", "generation", "tokenizer", "data",
-        "device", "moe", "lora", "atomic", "rng", "schedule", "optim", "baselines", "seq2seq", "_extras",
+        "device", "moe", "lora", "atomic", "schedule", "optim", "baselines", "seq2seq", "_extras",
     },
-    "training": {"train", "checkpoint", "history", "distributed", "presets", "loggers", "runconfig", "interrupt"},
-    "tools": {
-        "hf.*", "hf_data", "tools.*", "analysis", "viz", "envcheck", "exercises.*", "course", "grading",
-        "annotate", "serve.*", "cli", "__main__",
-    },
+    "training": {"train", "checkpoint", "presets", "training.*"},
+    "tools": {"hf.*", "tools.*", "exercises.*", "course.*", "serve.*", "cli", "__main__"},
 }
 ORDER = list(LAYERS)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from minigpt.annotate import annotate_notebook
+from minigpt.course.annotate import annotate_notebook
 
 pytest.importorskip("nbgrader")
 

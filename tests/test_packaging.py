@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from minigpt import envcheck
 from minigpt._extras import DISTRIBUTION, EXTRA_OF_MODULE, MissingExtraError, missing_extra, require, require_installed
 from minigpt.cli import main
+from minigpt.tools import envcheck
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -205,14 +205,11 @@ def test_debug_shows_the_traceback_instead(monkeypatch, tmp_path):
 
 
 def test_python_api_without_the_hf_extra(monkeypatch):
-    # datasets missing (transformers still there): minigpt.hf.data and its old path name the extra
+    # datasets missing (transformers still there): minigpt.hf.data names the extra
     monkeypatch.setitem(sys.modules, "datasets", None)
-    for module in ("minigpt.hf.data", "minigpt.hf_data"):
-        monkeypatch.delitem(sys.modules, module, raising=False)
+    monkeypatch.delitem(sys.modules, "minigpt.hf.data", raising=False)
     with pytest.raises(MissingExtraError, match=r"^minigpt.hf.data needs the \[hf\] extra"):
         importlib.import_module("minigpt.hf.data")
-    with pytest.raises(MissingExtraError, match=r"\[hf\]"):
-        importlib.import_module("minigpt.hf_data")  # the old path, kept for notebook 08
     # transformers missing: the package says so in one line
     monkeypatch.setitem(sys.modules, "transformers", None)
     monkeypatch.delitem(sys.modules, "minigpt.hf", raising=False)
@@ -222,7 +219,7 @@ def test_python_api_without_the_hf_extra(monkeypatch):
 
 
 def test_plots_without_the_viz_extra(monkeypatch):
-    from minigpt import viz
+    from minigpt.tools import viz
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(MissingExtraError, match=r"\[viz\] extra: pip install 'minigpt-course\[viz\]'"):

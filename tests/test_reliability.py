@@ -568,7 +568,7 @@ def _alive(pid: int) -> bool:
 def test_grading_timeout_kills_a_kernel_that_swallows_interrupts(tmp_path: Path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     pytest.importorskip("nbclient")
-    from minigpt import grading
+    from minigpt.course import grading
 
     monkeypatch.setenv("GRADER_SECRET_TOKEN", "s3cret")
     monkeypatch.setenv("MINIGPT_RESULTS_FILE", str(tmp_path / "results"))
@@ -593,7 +593,7 @@ def test_grading_timeout_kills_a_kernel_that_swallows_interrupts(tmp_path: Path,
 
 @pytest.mark.parametrize("value", [0, -5, True, 10**9])
 def test_grading_refuses_timeouts_that_switch_the_limit_off(value):
-    from minigpt import grading
+    from minigpt.course import grading
 
     with pytest.raises(ValueError, match="--timeout"):
         grading.RunOptions(timeout=value)

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from minigpt.cli import build_parser, main
-from minigpt.history import ProgressLog
-from minigpt.loggers import LoggerCallback, WandbLogger, make_logger, scalars
-from minigpt.runconfig import load_config, to_toml
+from minigpt.training.history import ProgressLog
+from minigpt.training.loggers import LoggerCallback, WandbLogger, make_logger, scalars
+from minigpt.training.runconfig import load_config, to_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\n\nJULIET:\nO Romeo, Romeo!\n\n" * 40
@@ -274,7 +274,7 @@ def _under_a_terminal(env: dict[str, str]) -> str:
     """What ProgressLog writes to a pseudo-terminal's stderr in a child process."""
     pty = pytest.importorskip("pty")
     master, slave = pty.openpty()
-    code = ("from minigpt.history import ProgressLog\n"
+    code = ("from minigpt.training.history import ProgressLog\n"
             "p = ProgressLog(True, interval=0)\np.open(5, 0, 0)\n"
             "for _ in range(5): p.advance()\np.close()\n")
     full = dict(os.environ, PYTHONPATH=str(ROOT), **env)

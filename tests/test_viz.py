@@ -9,8 +9,8 @@ import torch
 
 pytest.importorskip("matplotlib")
 
-from minigpt import viz  # noqa: E402
-from minigpt.analysis import Attention, head_metrics  # noqa: E402
+from minigpt.tools import viz  # noqa: E402
+from minigpt.tools.analysis import Attention, head_metrics  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -68,10 +68,10 @@ def test_interactive_view_falls_back_to_a_static_figure(tmp_path):
 
 def test_headless_backend_and_light_imports():
     code = (
-        "import sys, minigpt.analysis, minigpt.viz\n"
+        "import sys, minigpt.tools.analysis, minigpt.tools.viz\n"
         "assert 'matplotlib' not in sys.modules, 'analysis/viz must not import matplotlib at import time'\n"
         "assert 'transformers' not in sys.modules, 'analysis/viz must not import transformers at import time'\n"
-        "print(minigpt.viz.pyplot().get_backend().lower())\n"
+        "print(minigpt.tools.viz.pyplot().get_backend().lower())\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "MPLBACKEND")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

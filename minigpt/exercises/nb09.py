@@ -1,7 +1,7 @@
 """Checkers for notebook 09 (attention analysis).
 
 The references are written here from the definitions (loops over queries,
-``torch.distributions.Categorical`` for entropy), not with :mod:`minigpt.analysis`, so a bug in the
+``torch.distributions.Categorical`` for entropy), not with :mod:`minigpt.tools.analysis`, so a bug in the
 library cannot hide a bug in an answer.
 """
 

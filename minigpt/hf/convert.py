@@ -26,6 +26,11 @@ __all__ = ["CONV1D_WEIGHTS", "config_from_hf", "hf_config_from", "gpt2_to_minigp
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 _ACT_FROM_HF = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
 _ACT_TO_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
+# GPTConfig field -> GPT2Config field, for the fields that carry over as they are (both directions)
+_SAME_FIELDS = {
+    "vocab_size": "vocab_size", "block_size": "n_positions", "n_layer": "n_layer", "n_head": "n_head",
+    "n_embd": "n_embd", "d_ff": "n_inner", "layer_norm_eps": "layer_norm_epsilon",
+}
 
 
 def config_from_hf(hf_config: Any) -> GPTConfig:
@@ -36,16 +41,10 @@ def config_from_hf(hf_config: Any) -> GPTConfig:
     if act not in _ACT_FROM_HF:
         raise ValueError(f"GPT-2 activation {act!r} has no minigpt equivalent ({sorted(_ACT_FROM_HF)})")
     return GPTConfig(
-        vocab_size=hf_config.vocab_size,
-        block_size=hf_config.n_positions,
-        n_layer=hf_config.n_layer,
-        n_head=hf_config.n_head,
-        n_embd=hf_config.n_embd,
-        d_ff=hf_config.n_inner,
+        **{ours: getattr(hf_config, theirs) for ours, theirs in _SAME_FIELDS.items()},
         dropout=0.0,
         bias=True,
         activation=_ACT_FROM_HF[act],
-        layer_norm_eps=hf_config.layer_norm_epsilon,
         tie_weights=bool(getattr(hf_config, "tie_word_embeddings", True)),
     )
 
@@ -68,14 +67,8 @@ def hf_config_from(config: GPTConfig) -> Any:
     if unsupported:
         raise ValueError("this GPT cannot be expressed as Hugging Face GPT-2: " + "; ".join(unsupported))
     return GPT2Config(
-        vocab_size=config.vocab_size,
-        n_positions=config.block_size,
-        n_embd=config.n_embd,
-        n_layer=config.n_layer,
-        n_head=config.n_head,
-        n_inner=config.d_ff,
+        **{theirs: getattr(config, ours) for ours, theirs in _SAME_FIELDS.items()},
         activation_function=_ACT_TO_HF[config.activation],
-        layer_norm_epsilon=config.layer_norm_eps,
         resid_pdrop=config.dropout,
         embd_pdrop=config.dropout,
         attn_pdrop=config.dropout,

@@ -1,6 +1,6 @@
 """``minigpt analyze-attention``: attention figures (PNG) and per-head metrics (JSON) of a checkpoint.
 
-The report combines :mod:`minigpt.analysis` (the measurements) and :mod:`minigpt.viz` (the plots);
+The report combines :mod:`minigpt.tools.analysis` (the measurements) and :mod:`minigpt.tools.viz` (the plots);
 it lives here so that neither of those two needs the other's reverse import.
 """
 
@@ -15,8 +15,11 @@ from typing import Any
 
 import torch
 
-from .. import viz
-from ..analysis import (
+from ..checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from ..model import GPT, GPTConfig, LanguageModel
+from ..tokenizer import CharTokenizer, UnknownCharacterError
+from . import viz
+from .analysis import (
     DEFAULT_THRESHOLDS,
     _check_index,
     _is_minigpt,
@@ -26,9 +29,6 @@ from ..analysis import (
     induction_scores,
     top_attended,
 )
-from ..checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
-from ..model import GPT, GPTConfig, LanguageModel
-from ..tokenizer import CharTokenizer, UnknownCharacterError
 
 __all__ = ["add_cli", "analyze_attention", "main"]
 

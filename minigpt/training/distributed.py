@@ -12,8 +12,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
-__all__ = ["DistInfo", "all_gather_objects", "all_mean", "any_rank", "cleanup_distributed", "setup_distributed"]
+from ..checkpoint import unwrap_model
+from ..device import autocast_dtype, get_device
+
+__all__ = ["DistInfo", "all_gather_objects", "all_mean", "any_rank", "cleanup_distributed", "place_model",
+           "setup_distributed"]
 
 
 @dataclass
@@ -77,3 +82,27 @@ def all_gather_objects(info: DistInfo, obj: Any) -> list[Any]:
     gathered: list[Any] = [None] * info.world_size
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+def place_model(model: nn.Module, config: Any, info: DistInfo) -> tuple[torch.device, torch.dtype | None, nn.Module,
+                                                                           nn.Module]:
+    """(device, autocast dtype or None for fp32, the plain module, what the training forward calls).
+
+    The plain module is what checkpoints and evaluation use; under torchrun the training forward goes
+    through a DistributedDataParallel wrapper of it, on this process's own GPU.
+    """
+    if info.enabled and torch.cuda.is_available() and config.device in ("auto", "cuda"):
+        device = torch.device(f"cuda:{info.local_rank}")
+    else:
+        device = get_device(config.device)
+    dtype = autocast_dtype(device, None if config.dtype == "auto" else config.dtype)  # None = fp32
+    model = unwrap_model(model).to(device)
+    if config.compile:
+        model.compile()  # in place: state_dict keys keep their names
+    train_model: nn.Module = model
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [device.index] if device.type == "cuda" else None
+        train_model = DDP(model, device_ids=ids)
+    return device, dtype, model, train_model

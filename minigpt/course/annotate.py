@@ -38,7 +38,7 @@ HIDDEN_BEGIN, HIDDEN_END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 _SOLUTION = re.compile(r"^[ \t]*#+[ \t]*BEGIN SOLUTION[ \t]*$", re.MULTILINE)
 _HIDDEN = re.compile(r"\n*^[ \t]*#+[ \t]*BEGIN HIDDEN TESTS[ \t]*$.*?^[ \t]*#+[ \t]*END HIDDEN TESTS[ \t]*$\n?",
                      re.MULTILINE | re.DOTALL)
-_EXERCISES_DIR = Path(__file__).resolve().parent / "exercises"
+_EXERCISES_DIR = Path(__file__).resolve().parents[1] / "exercises"
 # `graded` itself from disk, not from the notebook's (patchable) modules; it loads the checker fresh too.
 _FRESH_IMPORT = ("import importlib, sys\n"
                  'sys.modules.pop("minigpt.exercises._graded", None)\n'

@@ -1,7 +1,7 @@
 """Experiment loggers: the rows `History` records, sent to TensorBoard or Weights & Biases too.
 
 One small interface, `RunLogger.log_row(row)` + `close()`, receives every History row (columns
-`minigpt.history.COLUMNS`: "step" rows with train loss, lr, grad norm and tokens/s, "eval" rows with
+`minigpt.training.history.COLUMNS`: "step" rows with train loss, lr, grad norm and tokens/s, "eval" rows with
 train/val loss and perplexity, and the final row whose event is the stop status). `LoggerCallback`
 is a trainer callback that forwards the rows History gained since the previous event, so the
 trainer needs nothing new: `Trainer(..., callback=LoggerCallback(logger))`.

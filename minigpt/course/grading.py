@@ -33,8 +33,8 @@ __all__ = ["CSV_COLUMNS", "Exercise", "GradeRow", "find_submissions", "grade", "
 
 CSV_COLUMNS = ("student", "notebook", "exercise", "status", "message", "mode", "points", "max_points")
 STATUSES = ("passed", "failed", "not done", "error", "timed out", "missing", "needs manual grading")
-DEFAULT_SOURCE = Path(__file__).resolve().parents[1] / "notebooks"
-_REPORT_MODULE = Path(__file__).resolve().parent / "exercises" / "_graded.py"
+DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "notebooks"
+_REPORT_MODULE = Path(__file__).resolve().parents[1] / "exercises" / "_graded.py"
 
 
 @dataclass

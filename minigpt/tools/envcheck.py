@@ -137,7 +137,7 @@ def _mps_fallback_set_late(history: list[str] | None = None) -> bool:
 
 def _device() -> str:
     try:
-        from .device import get_device
+        from ..device import get_device
 
         return str(get_device("auto"))
     except Exception as e:  # a broken CUDA driver must not hide the rest of the report

@@ -10,7 +10,7 @@ One source of truth: the notebooks in ``notebooks/`` hold the solutions between 
 and :func:`make_student_versions` replaces each marked region by
 ``raise NotImplementedError("<hint>")`` at the marker's indentation (and drops the hidden-tests
 regions). The exercise checkers (``minigpt.exercises``) turn that stub into the status "not done"
-instead of a crash. nbgrader metadata: :mod:`minigpt.annotate`; grading: :mod:`minigpt.grading`.
+instead of a crash. nbgrader metadata: :mod:`minigpt.course.annotate`; grading: :mod:`minigpt.course.grading`.
 
 ``nbformat`` and ``nbclient`` are imported inside the functions, so ``import minigpt.course``
 (which the CLI does at start-up) stays light.
@@ -218,7 +218,7 @@ def make_student_versions(src_dir="notebooks", out_dir="student") -> list[Path]:
 
 def grade_notebook(path, student: str, notebook: str, *, timeout: int = 600, fast: bool = False,
                    kernel_name: str = "python3", cwd=None, source_dir=None) -> list:
-    """Grade one submitted notebook (a private copy of it); return its rows (:class:`minigpt.grading.GradeRow`).
+    """Grade one submitted notebook (a private copy of it); return its rows (:class:`minigpt.course.grading.GradeRow`).
 
     The instructor's notebook is ``<source_dir>/<name>.ipynb``; ``source_dir`` defaults to ``cwd``
     (where older callers pointed at the notebooks folder), else the repository's ``notebooks/``.

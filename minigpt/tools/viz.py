@@ -5,7 +5,7 @@ display (a server, CI) the non-interactive Agg backend is chosen, so every figur
 saved as a PNG; in Jupyter the notebook's own inline backend is used. Everything here draws
 with matplotlib alone: no JavaScript, no CDN, the same image in every environment.
 
-Each ``plot_*`` function takes an :class:`minigpt.analysis.Attention` (or plain tensors) and
+Each ``plot_*`` function takes an :class:`minigpt.tools.analysis.Attention` (or plain tensors) and
 returns the matplotlib ``Figure``; ``save=`` writes it to a PNG as well.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ._extras import require
+from .._extras import require
 from .analysis import Attention, attention_rollout, capture_attention
 
 __all__ = [
@@ -44,7 +44,7 @@ def _has_display() -> bool:
 
 def pyplot() -> Any:
     """``matplotlib.pyplot``, switched to the Agg backend first when there is no display."""
-    matplotlib = require("matplotlib", feature="plotting (minigpt.viz)")
+    matplotlib = require("matplotlib", feature="plotting (minigpt.tools.viz)")
 
     if "matplotlib.pyplot" not in sys.modules and not _has_display() and "MPLBACKEND" not in os.environ:
         matplotlib.use("Agg")
@@ -194,7 +194,7 @@ _METRIC_TITLES = {
 def plot_head_metrics(metrics: Any, *, title: str | None = None, save: str | os.PathLike | None = None) -> Any:
     """One (layers x heads) heatmap per metric, each cell annotated with its value.
 
-    ``metrics`` is the dict of :func:`minigpt.analysis.head_metrics` (or its table from ``classify_heads``).
+    ``metrics`` is the dict of :func:`minigpt.tools.analysis.head_metrics` (or its table from ``classify_heads``).
     """
     if not isinstance(metrics, dict):  # a table: rows with layer, head and the metric columns
         rows = metrics.to_dict("records") if hasattr(metrics, "to_dict") else list(metrics)

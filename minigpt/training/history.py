@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from . import atomic  # through the module, so a test can forbid writes on non-zero ranks
+from .. import atomic  # through the module, so a test can forbid writes on non-zero ranks
 
 __all__ = ["COLUMNS", "History", "ProgressLog"]
 

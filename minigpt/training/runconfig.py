@@ -21,7 +21,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from . import atomic
+from .. import atomic
 
 __all__ = ["CONFIG_NAME", "ConfigFileParser", "load_config", "resolved_config", "to_toml", "write_config"]
 

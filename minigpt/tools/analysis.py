@@ -20,7 +20,7 @@ Metric conventions (all per head, averaged over queries):
   Measured on a block of random tokens repeated twice (:func:`repeated_random_tokens`), where in the
   second half that is key ``i - P + 1`` for period P.
 
-Nothing here imports matplotlib or transformers; plots live in :mod:`minigpt.viz` (which imports this
+Nothing here imports matplotlib or transformers; plots live in :mod:`minigpt.tools.viz` (which imports this
 module, never the reverse) and the ``minigpt analyze-attention`` report in
 :mod:`minigpt.tools.attention_report`.
 """
