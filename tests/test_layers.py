@@ -21,7 +21,10 @@ LAYERS: dict[str, set[str]] = {
         "attention", "positional", "blocks", "contract", "model", "generation", "tokenizer", "data",
         "device", "moe", "lora", "atomic", "rng", "schedule", "optim", "baselines", "seq2seq", "_extras",
     },
-    "training": {"train", "checkpoint", "history", "distributed", "presets", "loggers", "runconfig", "interrupt"},
+    "training": {
+        "train", "checkpoint", "history", "distributed", "presets", "loggers", "runconfig", "interrupt", "posttrain",
+        "evaluation",
+    },
     "tools": {
         "hf.*", "hf_data", "tools.*", "analysis", "viz", "envcheck", "exercises.*", "course", "grading",
         "annotate", "serve.*", "cli", "__main__",
