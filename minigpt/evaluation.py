@@ -35,19 +35,26 @@ def _device(model: nn.Module) -> torch.device:
 @torch.no_grad()
 def heldout_loss(model: nn.Module, data: torch.Tensor, block_size: int, batch_size: int = 32,
                  progress: bool = True) -> tuple[float, int]:
-    """(total nats, tokens predicted) over ``data`` (1-D ids) cut into non-overlapping windows."""
+    """(total nats, tokens predicted) over held-out ids.
+
+    ``data`` 1-D: one stream cut into non-overlapping windows of ``block_size``. ``data`` 2-D (N, L): one
+    document per row, right-padded with -1, each row predicted from its own first token on (L - 1 at most
+    ``block_size``): for a model trained on rows that start at a document's start.
+    """
     was = model.training
     model.eval()
-    n = (len(data) - 1) // block_size
-    x = data[: n * block_size].view(n, block_size)
-    y = data[1 : n * block_size + 1].view(n, block_size)
+    if data.dim() == 1:
+        n = (len(data) - 1) // block_size
+        x, y = data[: n * block_size].view(n, block_size), data[1 : n * block_size + 1].view(n, block_size)
+    else:
+        x, y = data[:, :-1].clamp(min=0), data[:, 1:]  # (N, L - 1): pad positions read token 0, score nothing
     total = 0.0
-    for i in tqdm(range(0, n, batch_size), desc="held-out loss", disable=not progress, leave=False):
+    for i in tqdm(range(0, len(x), batch_size), desc="held-out loss", disable=not progress, leave=False):
         logits, _ = model(x[i : i + batch_size].to(_device(model)))
         total += F.cross_entropy(logits.flatten(0, 1).float(), y[i : i + batch_size].flatten().to(logits.device),
-                                 reduction="sum").item()
+                                 ignore_index=-1, reduction="sum").item()
     model.train(was)
-    return total, n * block_size
+    return total, int((y != -1).sum())
 
 
 def bits_per_byte(total_nats: float, n_bytes: int) -> float:

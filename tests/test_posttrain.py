@@ -176,6 +176,9 @@ def test_heldout_loss_and_bits_per_byte_by_hand():
     assert n == 4
     assert total == pytest.approx(-math.log(p[0, 1] * p[1, 2] * p[2, 0] * p[0, 1]), rel=1e-5)
     assert bits_per_byte(total, 4) == pytest.approx(total / math.log(2) / 4)
+    rows = torch.tensor([[0, 1, 2], [2, 0, -1]])  # one document per row, -1 = padding
+    total, n = heldout_loss(model, rows, block_size=2, progress=False)
+    assert n == 3 and total == pytest.approx(-math.log(p[0, 1] * p[1, 2] * p[2, 0]), rel=1e-5)
 
 
 def test_greedy_answers_batches_by_length_and_stops():
