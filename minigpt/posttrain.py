@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -83,7 +84,7 @@ class ChatTokenizer:
 
 
 @torch.no_grad()
-def resize_token_embeddings(model: nn.Module, vocab_size: int) -> nn.Module:
+def resize_token_embeddings(model: Any, vocab_size: int) -> Any:
     """Grow a GPT's token embedding (and its output layer) to ``vocab_size`` rows, in place.
 
     Old rows are copied unchanged, so every old token's logits stay the same; new rows start at the mean

@@ -7,7 +7,14 @@ import torch
 import torch.nn as nn
 
 from minigpt import GPT, CharTokenizer, GPTConfig
-from minigpt.evaluation import bits_per_byte, exact_match, greedy_answers, heldout_loss, multiple_choice, option_logprobs
+from minigpt.evaluation import (
+    bits_per_byte,
+    exact_match,
+    greedy_answers,
+    heldout_loss,
+    multiple_choice,
+    option_logprobs,
+)
 from minigpt.posttrain import (
     ChatTokenizer,
     dpo_loss,
@@ -128,7 +135,7 @@ def test_grpo_loss_by_hand():
     kl = 0.5 - math.log(0.5) - 1
     seq1 = (-(1.2 - 0.0) + -(1.0 - 0.1 * kl)) / 2
     # answer 2: ratio 0.5 with A < 0: min(-0.5, -0.8) = -0.8; the masked token does not count
-    seq2 = -(-0.8)
+    seq2 = 0.8  # minus the surrogate -0.8
     loss = grpo_loss(logp, old, ref, adv, mask, clip_eps=0.2, beta=0.1)
     assert loss.item() == pytest.approx((seq1 + seq2) / 2, rel=1e-6)
 

@@ -106,7 +106,7 @@ def check_sft_targets(sft_targets) -> None:
         expect(y.dtype == torch.long, f"y should hold integer ids (torch.long), got {y.dtype}")
         got = y.tolist()
 
-        def masked(k, fill=-1):
+        def masked(k, fill=-1, ids=ids):
             t = ids[1:].clone()
             t[:k] = fill
             return t.tolist()
@@ -267,7 +267,8 @@ def check_group_advantages(group_advantages) -> None:
              "a group whose rewards are all equal gives 0 / 0 = nan: add 1e-4 to the std"),
             ((r.double().view(G, -1) - r.double().view(G, -1).mean(1, keepdim=True)).flatten()
              / (r.double().view(G, -1).std(1, keepdim=True) + 1e-4).expand(G, len(r) // G).flatten(),
-             "the groups are wrong: the rewards come prompt by prompt, so view(-1, group_size), not view(group_size, -1)"),
+             "the groups are wrong: the rewards come prompt by prompt, so view(-1, group_size), "
+             "not view(group_size, -1)"),
             (centred.flatten() / (rg.std(1, unbiased=False, keepdim=True) + 1e-4).expand_as(rg).flatten(),
              "you used the population std (unbiased=False); use torch's default std, as TRL does"),
         ]
