@@ -50,6 +50,9 @@ TOPICS = {
            "compile", "gradient checkpointing"],
     "13": ["efficient inference", "inference", "kv cache", "quantiz", "pruning", "lora", "fused attention",
            "decoding strateg", "adaptation", "top-p"],
+    "14": ["post-training", "posttrain", "sft", "supervised fine-tun", "instruction tun", "chat format",
+           "special token", "dpo", "preference", "grpo", "verifiable reward", "reward", "rlhf", "evaluation harness",
+           "harness", "exact match", "multiple-choice", "bits per byte", "response-only", "loss mask", "lora"],
     "15": ["serving", "server", "serve", "fastapi", "http", "batching", "streaming", "load test", "backpressure"],
 }
 

@@ -21,7 +21,7 @@ LAYERS: dict[str, set[str]] = {
         "attention", "positional", "blocks", "contract", "model", "generation", "tokenizer", "data",
         "device", "moe", "lora", "atomic", "schedule", "optim", "baselines", "seq2seq", "_extras",
     },
-    "training": {"train", "checkpoint", "presets", "training.*"},
+    "training": {"train", "checkpoint", "presets", "posttrain", "evaluation", "training.*"},
     "tools": {"hf.*", "tools.*", "exercises.*", "course.*", "serve.*", "cli", "__main__"},
 }
 ORDER = list(LAYERS)

@@ -78,3 +78,21 @@ def test_student_version_of_notebook_11_runs_with_every_exercise_not_done(tmp_pa
         "11.4 grouped-query attention", "11.5 a Hugging Face Llama's weights in your model", "11.6 written answer",
     ], rows  # no "(cell N)" row: nothing crashed outside the checkers
     assert set(statuses.values()) == {"not done"}, rows
+
+
+@pytest.mark.slow
+def test_student_version_of_notebook_14_runs_with_every_exercise_not_done(tmp_path):
+    """Notebook 14 trains with the library's post-training functions, so it runs to the end with no exercise done."""
+    pytest.importorskip("nbclient")
+    src = NOTEBOOKS / "14_post_training.ipynb"
+    if not src.exists():
+        pytest.skip("notebook 14 not present")
+    dst = tmp_path / src.name
+    assert make_student_version(src, dst) >= 7  # six code exercises and one written answer
+    rows = grade_notebook(dst, "student", src.stem, timeout=600, fast=True, cwd=NOTEBOOKS)
+    statuses = {r.exercise: r.status for r in rows}
+    assert sorted(statuses) == [
+        "14.1 exact-match accuracy", "14.2 response-only targets", "14.3 sequence log-probability", "14.4 DPO loss",
+        "14.5 group-normalised advantages", "14.6 GRPO clipped loss", "14.7 written answer",
+    ], rows  # no "(cell N)" row: nothing crashed outside the checkers
+    assert set(statuses.values()) == {"not done"}, rows
