@@ -689,8 +689,8 @@ def prepare_out_dir(out_dir: str | os.PathLike, *, resume: bool = False, overwri
     clean_stale_files(out)
     held = latest_checkpoint(out) or (out / BEST_DIR if (out / BEST_DIR / META_FILE).exists() else None)
     if held is not None and not resume and not overwrite:
-        raise CheckpointError(f"{out} already holds a run ({held}); pass --resume to continue it, --overwrite "
-                              "to replace it, or choose another --out-dir")
+        raise CheckpointError(f"{out} already holds a run ({held}); pass --resume (resume=True) to continue it, "
+                              "--overwrite (overwrite=True) to replace it, or choose another --out-dir (out_dir=)")
     if held is not None and overwrite and not resume:
         for name in (LATEST_DIR, BEST_DIR, f".{LATEST_DIR}.old", f".{BEST_DIR}.old"):
             shutil.rmtree(out / name, ignore_errors=True)

@@ -485,6 +485,7 @@ def _resumed_model(
     the checkpoint is refused."""
     from .checkpoint import load_checkpoint
     from .model import LanguageModel
+    from .train import RESUMED_FIELDS
 
     model, info = load_checkpoint(ckpt)
     _say(f"resuming from {ckpt} (step {info.step}); the model and vocabulary come from the checkpoint")
@@ -493,16 +494,9 @@ def _resumed_model(
     if not isinstance(model, LanguageModel):
         raise CLIError(f"{ckpt} holds a {type(model).__name__}, not a language model with config.block_size")
     _refuse_model_changes(args, ckpt, model, info)
-    saved = {k: v for k, v in (info.train_config or {}).items() if k in _RESUMED_FIELDS}
+    saved = {k: v for k, v in (info.train_config or {}).items() if k in RESUMED_FIELDS}
     overrides.update({k: v for k, v in saved.items() if k not in overrides})
     return model, info.tokenizer, model.config.block_size
-
-
-# what a resumed run takes from the checkpoint unless a flag says otherwise (its plan and recipe)
-_RESUMED_FIELDS = ("max_iters", "batch_size", "lr", "min_lr", "warmup_iters", "lr_decay_iters", "schedule",
-                   "weight_decay", "beta1", "beta2", "grad_clip", "grad_accum", "eval_interval", "eval_iters",
-                   "early_stopping_patience", "min_delta", "seed", "max_time_s", "optimizer", "muon_momentum",
-                   "checkpoint_interval", "log_interval")
 
 
 def _refuse_model_changes(args: argparse.Namespace, ckpt: Path, model: Any, info: Any) -> None:

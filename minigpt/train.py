@@ -116,6 +116,12 @@ OPTIMIZERS = ("adamw", "muon")
 STATUSES = ("running", "completed", "time_limit", "early_stopped", "stopped", "interrupted", "diverged")
 # fields a resumed run must share with the run that wrote the checkpoint (Trainer refuses otherwise)
 _SAME_ON_RESUME = ("optimizer", "batch_size", "grad_accum", "seed", "beta1", "beta2", "muon_momentum")
+# the saved run's plan and recipe: what `train(resume=True)` and `minigpt train --resume` take from the
+# checkpoint unless the caller says otherwise
+RESUMED_FIELDS = ("max_iters", "batch_size", "lr", "min_lr", "warmup_iters", "lr_decay_iters", "schedule",
+                  "weight_decay", "beta1", "beta2", "grad_clip", "grad_accum", "eval_interval", "eval_iters",
+                  "early_stopping_patience", "min_delta", "seed", "max_time_s", "optimizer", "muon_momentum",
+                  "checkpoint_interval", "log_interval")
 _EVAL_SEED_OFFSET = 10_007  # eval batches come from their own fixed stream, never the training one
 
 
@@ -475,6 +481,9 @@ class Trainer:
     tokenizer, metadata: stored in checkpoints (tokenizer via its to_dict()).
     callback: `callback(TrainEvent) -> bool | None`; returning True stops training (status "stopped").
     resume: continue from `latest_checkpoint(out_dir)` if there is one.
+    overwrite: replace a run already in out_dir (without it, or resume, such a folder is refused).
+    The output folder is checked here, before any work: a file, a symlink loop or a read-only
+    folder raises CheckpointError at construction, not at the first save.
     """
 
     def __init__(
@@ -487,6 +496,7 @@ class Trainer:
         callback: Callable[[TrainEvent], bool | None] | None = None,
         resume: bool = False,
         metadata: dict[str, Any] | None = None,
+        overwrite: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -498,6 +508,7 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else None
         self.dist = setup_distributed(cfg.device)
         self._place_model(model)  # sets device, dtype, model, train_model
+        self._check_out_dir(overwrite)
         self.optimizer = configure_optimizer(self.model, cfg, self.device)
         self.scaler = make_grad_scaler(self.device, self.dtype)
         self.generator = torch.Generator().manual_seed(cfg.seed + self.dist.rank)
@@ -513,6 +524,17 @@ class Trainer:
         self._last_eval_step = -1
         self._stop_request = False
         self.signals = StopSignals()  # SIGINT/SIGTERM during fit(); `.exit_code` is 130/143 after one
+
+    def _check_out_dir(self, overwrite: bool) -> None:
+        """Rank 0 checks (and with `overwrite` empties) out_dir; every rank raises together if it is refused."""
+        error = None
+        if self.out_dir is not None and self.is_main:
+            try:
+                prepare_out_dir(self.out_dir, resume=self.resume, overwrite=overwrite)
+            except CheckpointError as e:
+                error = e
+        if any_rank(self.dist, self.device, error is not None)[0]:
+            raise error or CheckpointError(f"rank 0 refused the output folder {self.out_dir}")
 
     def _place_model(self, model: nn.Module) -> None:
         """Device, autocast dtype, the plain module (checkpoints, eval) and what the training forward uses."""
@@ -638,8 +660,6 @@ class Trainer:
 
     def _resume_or_seed(self) -> bool:
         """Continue from out_dir's latest checkpoint if asked and there is one (True); else seed."""
-        if self.out_dir is not None and self.is_main:  # a folder that cannot take checkpoints fails now
-            prepare_out_dir(self.out_dir, resume=True)
         if self.resume and self.out_dir is not None:
             ckpt = latest_checkpoint(self.out_dir)
             if ckpt is not None:
@@ -818,6 +838,10 @@ class Trainer:
         """A resumed run must continue the same recipe: optimizer state, data stream and batch shape
         only fit the run that wrote them."""
         saved = {"optimizer": "adamw", **saved}
+        changed = [f"{k} {saved[k]!r} -> {getattr(self.config, k)!r}" for k in RESUMED_FIELDS
+                   if k in saved and k not in _SAME_ON_RESUME and saved[k] != getattr(self.config, k)]
+        if changed:  # allowed (e.g. more steps), but the run no longer equals an uninterrupted one
+            self.progress.say(f"note: the resumed run changes its plan: {', '.join(changed)}")
         for name in _SAME_ON_RESUME:
             if name in saved and saved[name] != getattr(self.config, name):
                 flag = "--" + name.replace("_", "-")
@@ -898,20 +922,35 @@ def train(
     metadata: dict[str, Any] | None = None,
     epochs: float | None = None,
     fit_time: bool = False,
+    overwrite: bool = False,
     **overrides: Any,
 ) -> History:
     """One call for notebooks: `train(model, get_batch, max_iters=500, lr=1e-3)`.
 
     Keyword overrides replace fields of `config` (or of a default TrainConfig). `epochs` (instead of
     max_iters) and `fit_time=True` (plan max_iters from the measured speed so the decay ends with
-    max_time_s) go through `plan_run`, the same planning as `minigpt train`.
+    max_time_s) go through `plan_run`, the same planning as `minigpt train`. As with `minigpt train`:
+    an out_dir holding another run is refused unless `resume=True` or `overwrite=True`, and
+    `resume=True` without `config` continues the saved run's plan (steps, schedule, budget; see
+    `RESUMED_FIELDS`) where no keyword says otherwise.
     """
+    if resume and config is None:
+        config = _saved_plan(overrides.get("out_dir", TrainConfig.out_dir))
     config = dataclasses.replace(config or TrainConfig(), **overrides)
     if epochs is not None or fit_time:
         config = plan_run(config, get_batch, model, epochs=epochs, fit_time=fit_time and not resume).config
     trainer = Trainer(model, get_batch, config, tokenizer=tokenizer, callback=callback, resume=resume,
-                      metadata=metadata)
+                      metadata=metadata, overwrite=overwrite)
     try:
         return trainer.fit()
     finally:
         trainer.close()
+
+
+def _saved_plan(out_dir: str | os.PathLike | None) -> TrainConfig | None:
+    """The TrainConfig of the run saved in out_dir (its `RESUMED_FIELDS`), or None if there is none."""
+    ckpt = latest_checkpoint(out_dir) if out_dir is not None else None
+    if ckpt is None:
+        return None
+    saved = read_meta(ckpt).get("train_config") or {}
+    return TrainConfig(**{k: v for k, v in saved.items() if k in RESUMED_FIELDS})

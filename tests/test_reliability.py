@@ -106,6 +106,52 @@ def test_train_function_is_reproducible_in_fresh_processes(kind: str):
     assert outs[0].stdout == outs[1].stdout
 
 
+# notebook 07's code up to its training run, as a kernel would run it; the caller's RNGs are first advanced
+# by a different amount each time (a kernel that ran other cells), so only the notebook's own seeding counts
+_NOTEBOOK_RUNNER = """
+import json, random, sys
+import numpy, torch
+nb = json.load(open(sys.argv[1]))
+k = int(sys.argv[2])
+torch.rand(k), [random.random() for _ in range(k)], numpy.random.rand(k)
+code = []
+for cell in nb["cells"]:
+    if cell["cell_type"] == "code":
+        code.append("".join(cell["source"]).replace("SEED = 0", "SEED = " + sys.argv[3]))
+        if "trainer.fit()" in code[-1]:
+            break
+g = {"__name__": "__main__"}
+exec(compile("\\n\\n".join(code), sys.argv[1], "exec"), g)
+print("RESULT", json.dumps({name: r["val"] for name, r in g["results"].items()}))
+"""
+
+
+def _notebook_07(out: Path, perturb: int, seed: int) -> tuple[str, list, dict, dict]:
+    env = dict(_env(), MINIGPT_FAST="1", MPLBACKEND="Agg", MINIGPT_HF_OFFLINE="1", HF_HUB_OFFLINE="1",
+               MINIGPT_OUT_DIR=str(out))
+    proc = subprocess.run([sys.executable, "-c", _NOTEBOOK_RUNNER, "07_char_gpt_shakespeare.ipynb", str(perturb),
+                           str(seed)], cwd=ROOT / "notebooks", capture_output=True, text=True, env=env, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = out / "07_char_gpt_shakespeare"
+    rows = json.loads((out / "history.json").read_text())["rows"]
+    rows = [{k: v for k, v in r.items() if k not in ("elapsed", "tokens_per_s")} for r in rows]
+    result = proc.stdout.split("RESULT ")[1]
+    return result, rows, weights(out), load_file(str(out / "best" / "model.safetensors"))
+
+
+def test_notebook_07_training_is_bit_identical_in_fresh_processes(tmp_path: Path):
+    """Point 1 for notebooks: the comparison of three models and the main training run of notebook 07
+    (fast mode) give the same losses and weights in two fresh processes; another SEED changes them."""
+    a = _notebook_07(tmp_path / "a", 3, 0)
+    b = _notebook_07(tmp_path / "b", 1001, 0)
+    assert a[0] == b[0]  # the val losses of the bigram / MLP / transformer comparison
+    assert a[1] == b[1]  # every logged loss, lr and grad norm of the main run
+    assert_same_weights(a[2], b[2])
+    assert_same_weights(a[3], b[3])
+    c = _notebook_07(tmp_path / "c", 3, 1)
+    assert c[0] != a[0] and not all(torch.equal(v, c[2][k]) for k, v in a[2].items())
+
+
 # ---------------------------------------------------------------------------- 2. exact resume
 
 
@@ -615,19 +661,74 @@ def test_grading_checks_the_output_before_grading(tmp_path: Path, capsys):
     assert code == 2 and "--timeout" in capsys.readouterr().err
 
 
-def test_trainer_checks_its_output_folder_before_the_first_step(tmp_path: Path):
-    from minigpt.checkpoint import CheckpointError
+def _tiny_lm():
     from minigpt.model import GPT, GPTConfig
-    from minigpt.train import lm_batches, train
+    from minigpt.train import lm_batches
 
-    (tmp_path / "f").write_text("x")
     data = torch.randint(0, 11, (500,), generator=torch.Generator().manual_seed(0))
+    return GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16)), lm_batches(
+        data[:400], data[400:], 8, 4)
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink loop", "read-only", "inside a file"])
+def test_trainer_checks_its_output_folder_before_the_first_step(tmp_path: Path, kind: str):
+    from minigpt.checkpoint import CheckpointError
+    from minigpt.train import Trainer, TrainConfig, train
+
+    out = tmp_path / "f"
+    if kind in ("file", "inside a file"):
+        out.write_text("x")
+        out = out / "sub" if kind == "inside a file" else out
+    elif kind == "symlink loop":
+        _symlink_loop(out)
+    else:
+        if os.name != "posix" or os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        out.mkdir()
+        out.chmod(0o500)
     steps = []
-    with pytest.raises(CheckpointError, match="is a file"):
-        train(GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16)),
-              lm_batches(data[:400], data[400:], 8, 4), max_iters=5, eval_interval=0, progress=False,
-              out_dir=str(tmp_path / "f"), device="cpu", callback=lambda e: steps.append(e.step))
+    try:
+        with pytest.raises(CheckpointError, match="is a file|symlink loop|cannot be written"):
+            model, batches = _tiny_lm()
+            train(model, batches, max_iters=5, eval_interval=0, progress=False, out_dir=str(out), device="cpu",
+                  callback=lambda e: steps.append(e.step))
+        with pytest.raises(CheckpointError):  # at construction, before any work
+            Trainer(*_tiny_lm(), TrainConfig(out_dir=str(out), device="cpu", progress=False))
+    finally:
+        if kind == "read-only":
+            out.chmod(0o700)
     assert steps == []
+
+
+def test_library_refuses_a_folder_holding_another_run_and_resumes_its_plan(tmp_path: Path):
+    from minigpt.checkpoint import CheckpointError
+    from minigpt.train import Trainer, TrainConfig, train
+
+    out = str(tmp_path / "run")
+    kw = dict(eval_interval=0, progress=False, device="cpu")
+    first = train(*_tiny_lm(), max_iters=6, warmup_iters=2, schedule="linear", lr=2e-3, out_dir=out, **kw)
+    assert first.status == "completed"
+    for call in (lambda: train(*_tiny_lm(), max_iters=3, out_dir=out, **kw),
+                 lambda: Trainer(*_tiny_lm(), TrainConfig(max_iters=3, out_dir=out, **kw))):
+        with pytest.raises(CheckpointError, match=r"already holds a run.*overwrite=True"):
+            call()
+    assert json.loads((tmp_path / "run" / "ckpt" / "meta.json").read_text())["step"] == 6  # untouched
+    # resume=True without a config: the saved plan (steps, schedule, lr), not TrainConfig's defaults
+    again = train(*_tiny_lm(), resume=True, out_dir=out, max_iters=9, **kw)
+    meta = json.loads((tmp_path / "run" / "ckpt" / "meta.json").read_text())
+    assert again.status == "completed" and meta["step"] == 9
+    assert (meta["train_config"]["schedule"], meta["train_config"]["lr"], meta["train_config"]["warmup_iters"]) \
+        == ("linear", 2e-3, 2)
+    with pytest.raises(ValueError, match=r"batch_size=12 but this run uses batch_size=8.*resume with batch_size=12"):
+        train(*_tiny_lm(), resume=True, out_dir=out, batch_size=8, **kw)
+    from minigpt.model import GPT, GPTConfig
+
+    wider = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=32))
+    with pytest.raises(CheckpointError, match="n_embd"):
+        train(wider, _tiny_lm()[1], resume=True, out_dir=out, **kw)
+    replaced = train(*_tiny_lm(), max_iters=2, out_dir=out, overwrite=True, **kw)
+    assert replaced.status == "completed"
+    assert json.loads((tmp_path / "run" / "ckpt" / "meta.json").read_text())["step"] == 2
 
 
 @pytest.mark.parametrize("flags,words", [(["--n-embd", "60000", "--n-head", "1"], "GiB"),
