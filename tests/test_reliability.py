@@ -339,7 +339,17 @@ DAMAGED = {
     "huge n_layer": (lambda f: _edit_meta(f, _set("model_config.n_layer", 10**12)), "n_layer"),
     "n_layer beyond the tensors": (lambda f: _edit_meta(f, _set("model_config.n_layer", 5000)), "n_layer"),
     "huge n_embd": (lambda f: _edit_meta(f, _set("model_config.n_embd", 10**9)), "n_embd"),
-    "changed block_size": (lambda f: _edit_meta(f, _set("model_config.block_size", 32)), "wpe"),
+    # crafted: meta.json edited and its digest recomputed; the weights' shapes still contradict it
+    "changed block_size": (lambda f: _edit_meta(f, _set("model_config.block_size", 32)),
+                           "model_config.block_size = 32 does not fit the weights"),
+    "smaller block_size": (lambda f: _edit_meta(f, _set("model_config.block_size", 8)),
+                           "model_config.block_size = 8 does not fit the weights"),
+    "changed vocab_size": (lambda f: _edit_meta(f, _set("model_config.vocab_size", 99)),
+                           "model_config.vocab_size = 99 does not fit"),
+    "changed n_embd": (lambda f: _edit_meta(f, _set("model_config.n_embd", 24)), "model_config.n_embd = 24"),
+    "changed d_ff": (lambda f: _edit_meta(f, _set("model_config.d_ff", 40)), "model_config.d_ff = 40"),
+    "one more layer": (lambda f: _edit_meta(f, _set("model_config.n_layer", 2)),
+                       "model_config.n_layer = 2 but the weights hold 1 layers"),
     "huge block_size": (lambda f: _edit_meta(f, _set("model_config.block_size", 10**9)), "block_size"),
     "n_head not dividing": (lambda f: _edit_meta(f, _set("model_config.n_head", 3)), "n_head"),
     "negative dropout": (lambda f: _edit_meta(f, _set("model_config.dropout", -1.0)), "dropout"),
@@ -673,7 +683,7 @@ def _tiny_lm():
 @pytest.mark.parametrize("kind", ["file", "symlink loop", "read-only", "inside a file"])
 def test_trainer_checks_its_output_folder_before_the_first_step(tmp_path: Path, kind: str):
     from minigpt.checkpoint import CheckpointError
-    from minigpt.train import Trainer, TrainConfig, train
+    from minigpt.train import TrainConfig, Trainer, train
 
     out = tmp_path / "f"
     if kind in ("file", "inside a file"):
@@ -702,7 +712,7 @@ def test_trainer_checks_its_output_folder_before_the_first_step(tmp_path: Path, 
 
 def test_library_refuses_a_folder_holding_another_run_and_resumes_its_plan(tmp_path: Path):
     from minigpt.checkpoint import CheckpointError
-    from minigpt.train import Trainer, TrainConfig, train
+    from minigpt.train import TrainConfig, Trainer, train
 
     out = str(tmp_path / "run")
     kw = dict(eval_interval=0, progress=False, device="cpu")
@@ -743,3 +753,16 @@ def test_a_model_too_big_for_the_machine_is_refused_before_allocation(tmp_path: 
     err = capsys.readouterr().err
     assert code == 2 and words in err and "Traceback" not in err, err
     assert time.perf_counter() - t0 < 20
+
+
+def test_weights_larger_than_memory_are_refused_before_reading(tmp_path: Path, good_run: Path, capsys, monkeypatch):
+    import minigpt.checkpoint as checkpoint
+    from minigpt.cli import main
+
+    folder = _copy(good_run / "ckpt", tmp_path / "ckpt")
+    monkeypatch.setattr(checkpoint, "_memory_bytes", lambda: 1000)  # a sparse 1 TB file, scaled down
+    read = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("read") if self.suffix == ".safetensors"
+                        else read(self))
+    assert main(["generate", "--checkpoint", str(folder), "--prompt", "Sp"]) == 2
+    assert "more than a checkpoint file may hold" in capsys.readouterr().err
