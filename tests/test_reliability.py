@@ -202,6 +202,44 @@ def test_resume_after_any_interrupt_equals_the_straight_run(tmp_path: Path, text
     assert_same_weights(weights(out), straight_run)
 
 
+def _torchrun(text_file: Path, out: Path, *extra: str) -> subprocess.Popen:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={port}", "-m", "minigpt", *_train_args(text_file, out), *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
+                            start_new_session=True)  # its own process group, as a terminal's foreground job
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process groups")
+def test_torchrun_ctrl_c_saves_on_every_rank_and_resumes_exactly(tmp_path: Path, text_file: Path):
+    """Ctrl-C in a terminal signals torchrun and both workers: every rank stops at the same step
+    boundary, rank 0 saves, and a resumed torchrun run ends on the weights of an uninterrupted one.
+    (torchrun itself then exits 1 with its own SignalException; the workers exit 130.)"""
+    straight = _torchrun(text_file, tmp_path / "straight")
+    first = _torchrun(text_file, tmp_path / "run")
+    assert first.stdout is not None
+    for line in first.stdout:
+        if line.startswith("device:"):
+            break
+    time.sleep(0.3)
+    os.killpg(first.pid, signal.SIGINT)
+    log = first.stdout.read()
+    first.wait(timeout=120)
+    assert straight.wait(timeout=240) == 0, straight.stdout.read()[-3000:] if straight.stdout else ""
+    assert log.count("SIGINT: stopping after this step") == 2, log[-3000:]
+    assert str(ROOT / "minigpt") not in log, log[-3000:]  # no traceback from a worker
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    step = json.loads((tmp_path / "run" / "ckpt" / "meta.json").read_text())["step"]
+    assert history["status"] == "interrupted" and 0 < step < 300
+    resumed = _torchrun(text_file, tmp_path / "run", "--resume")
+    assert resumed.wait(timeout=240) == 0, resumed.stdout.read() if resumed.stdout else ""
+    assert_same_weights(weights(tmp_path / "run"), weights(tmp_path / "straight"))
+
+
 def test_resume_keeps_the_plan_and_refuses_another_config(tmp_path: Path, text_file: Path, capsys):
     out = tmp_path / "run"
     common = ["train", "--data-file", str(text_file), "--out-dir", str(out), "--sample-length", "0", *TINY]
