@@ -160,8 +160,9 @@ class TrainConfig:
         """Every field checked: type, finite, in range; the message names the field (and the CLI flag)."""
         for name in ("max_iters", "batch_size", "grad_accum", "log_interval"):
             _check_int(name, getattr(self, name), 1)
-        for name in ("warmup_iters", "eval_interval", "eval_iters", "checkpoint_interval"):
+        for name in ("warmup_iters", "eval_interval", "checkpoint_interval"):
             _check_int(name, getattr(self, name), 0)
+        _check_int("eval_iters", self.eval_iters, 0, _MAX_EVAL_ITERS)  # one tensor of that many losses per split
         _check_int("seed", self.seed, 0, 2**62 - 1)  # generators take seed + rank + offsets in int64
         if self.lr_decay_iters is not None:
             _check_int("lr_decay_iters", self.lr_decay_iters, 1)
@@ -169,14 +170,18 @@ class TrainConfig:
             _check_int("early_stopping_patience", self.early_stopping_patience, 1)
         if self.eval_interval and self.eval_iters < 1:
             raise ValueError("eval_iters must be >= 1 when eval_interval > 0 (or set eval_interval=0)")
-        if not (_is_number(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r} (typical: 1e-3 small, 3e-4 larger)")
+        if not (_is_number(self.lr) and 0 < self.lr <= _MAX_LR):
+            raise ValueError(f"lr (--lr) must be a number in (0, {_MAX_LR:g}], got {self.lr!r} (typical: 1e-3 small, "
+                             "3e-4 larger)")
         if self.min_lr is not None and not (_is_number(self.min_lr) and 0 <= self.min_lr <= self.lr):
             raise ValueError(f"min_lr (--min-lr) must be in [0, lr={self.lr}], got {self.min_lr}")
         for name in ("grad_clip", "weight_decay", "min_delta"):
             value = getattr(self, name)
             if not (_is_number(value) and value >= 0):
                 raise ValueError(f"{name} (--{name.replace('_', '-')}) must be a finite number >= 0, got {value!r}")
+        if self.lr * self.weight_decay >= 1:
+            raise ValueError(f"weight_decay (--weight-decay) * lr must be < 1: each step multiplies the weights by "
+                             f"1 - lr * weight_decay; got {self.weight_decay} * {self.lr} (typical weight_decay: 0.1)")
         for name in ("beta1", "beta2", "muon_momentum"):
             value = getattr(self, name)
             if not (_is_number(value) and 0 <= value < 1):
@@ -207,6 +212,8 @@ class TrainConfig:
 
 
 _MAX_STEPS = 2**40  # larger counts are typos; they would also overflow int64 token counters
+_MAX_EVAL_ITERS = 10_000  # batches per split per evaluation (nanoGPT uses 200)
+_MAX_LR = 10.0  # larger rates only diverge; past float32's range the optimizer itself fails
 
 
 def _is_number(value: Any) -> bool:

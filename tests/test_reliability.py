@@ -492,6 +492,8 @@ TRAIN_FLAGS = {
     "--min-lr nan": (["--min-lr", "nan"], "--min-lr"),
     "--lr inf": (["--lr", "inf"], "--lr"),
     "--lr nan": (["--lr", "nan"], "--lr"),
+    "--lr 1e308": (["--lr", "1e308"], "--lr"),
+    "--eval-iters 10**9": (["--eval-iters", str(10**9), "--eval-interval", "1"], "--eval-iters"),
     "--max-time nan": (["--max-time", "nan"], "--max-time"),
     "--max-time -1": (["--max-time", "-1"], "--max-time"),
     "--epochs inf": (["--epochs", "inf"], "--epochs"),
@@ -577,7 +579,8 @@ def test_sample_next_stays_finite_at_the_edges():
 
 @pytest.mark.parametrize("field,value", [("weight_decay", float("nan")), ("grad_clip", float("nan")),
                                          ("min_delta", float("inf")), ("seed", 2**70), ("max_iters", True),
-                                         ("lr_decay_iters", 0), ("beta2", float("nan")), ("max_time_s", float("inf"))])
+                                         ("lr_decay_iters", 0), ("beta2", float("nan")), ("max_time_s", float("inf")),
+                                         ("lr", 1e308), ("eval_iters", 10**9), ("weight_decay", 1e308)])
 def test_train_config_refuses_non_finite_and_out_of_range(field: str, value):
     from minigpt.train import TrainConfig
 
