@@ -711,8 +711,14 @@ def prepare_out_dir(out_dir: str | os.PathLike, *, resume: bool = False, overwri
     `overwrite`, the old run's checkpoints and history are removed (nothing else in the folder).
     Stale temporary folders of interrupted saves are cleaned up.
     """
+    if not str(out_dir).strip():
+        raise CheckpointError("--out-dir is empty; name a folder (an empty value would write into the current one)")
     out = Path(out_dir)
     try:
+        for sub in (out / LATEST_DIR, out / BEST_DIR):  # a save replaces these: they must be real folders
+            if sub.is_symlink() or (sub.exists() and not sub.is_dir()):
+                raise CheckpointError(f"{sub} is a file or a symlink, not a checkpoint folder; move it away or "
+                                      "choose another --out-dir")
         if out.is_symlink() and not out.exists():
             raise CheckpointError(f"--out-dir {out} is a broken symlink or a symlink loop; pick another folder")
         if out.exists() and not out.is_dir():

@@ -602,19 +602,26 @@ def _symlink_loop(path: Path) -> None:
     os.symlink(path, path.with_name("loop-b"))
 
 
-@pytest.mark.parametrize("kind", ["file", "symlink loop", "inside a file"])
+@pytest.mark.parametrize("kind", ["file", "symlink loop", "inside a file", "ckpt is a file", "best is a symlink loop",
+                                  "empty"])
 def test_output_folder_is_checked_before_training(tmp_path: Path, text_file: Path, capsys, kind: str):
     out = tmp_path / "out"
     if kind == "file":
         out.write_text("x")
     elif kind == "symlink loop":
         _symlink_loop(out)
-    else:
+    elif kind == "ckpt is a file":
+        out.mkdir()
+        (out / "ckpt").write_text("x")
+    elif kind == "best is a symlink loop":
+        out.mkdir()
+        _symlink_loop(out / "best")
+    elif kind != "empty":
         out.write_text("x")
         out = out / "sub"
     t0 = time.perf_counter()
-    code = _main_code(["train", "--data-file", str(text_file), "--out-dir", str(out), "--max-iters", "200",
-                       "--sample-length", "0", *TINY])
+    code = _main_code(["train", "--data-file", str(text_file), "--out-dir", "" if kind == "empty" else str(out),
+                       "--max-iters", "200", "--sample-length", "0", *TINY])
     err = capsys.readouterr().err
     assert code == 2 and "--out-dir" in err and "Traceback" not in err, err
     assert time.perf_counter() - t0 < 5  # refused before any training
