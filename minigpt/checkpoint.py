@@ -356,6 +356,8 @@ def validate_meta(meta: dict[str, Any], folder: str | os.PathLike = "checkpoint"
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{folder} was written by a newer minigpt (format {meta['format_version']}); "
                               "upgrade minigpt")
+    if meta.get("format_version", 1) < 1:
+        raise CheckpointError(f"{where}: format_version must be an integer >= 1, got {meta['format_version']}")
     if meta.get("step") is not None and not 0 <= meta["step"] <= 2**40:
         raise CheckpointError(f"{where}: step must be in [0, 2**40], got {meta['step']}")
     loss = meta.get("best_val_loss")

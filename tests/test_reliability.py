@@ -399,6 +399,7 @@ DAMAGED = {
     "weights are /dev/zero": (_symlink("/dev/zero"), "regular file"),
     "weights missing": (lambda f: (f / "model.safetensors").unlink(), "model.safetensors"),
     "newer format": (lambda f: _edit_meta(f, _set("format_version", 99)), "newer minigpt"),
+    "format_version 0": (lambda f: _edit_meta(f, _set("format_version", 0)), "format_version"),
 }
 
 
