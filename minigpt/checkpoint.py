@@ -506,6 +506,10 @@ def _check_shapes(folder: Path, tensors: dict[str, torch.Tensor], expected: dict
         blamed = _blame(config, wrong)
         raise CheckpointError(f"architecture mismatch with {folder}: " + blamed + "; ".join(
             f"{k}: checkpoint {have} vs model {want}" for k, have, want in wrong[:8]))
+    kinds = [f"{k}: {v.dtype} where the model holds {expected[k].dtype}" for k, v in tensors.items()
+             if k in expected and v.is_floating_point() != expected[k].is_floating_point()]
+    if kinds:  # integer weights would be copied into float parameters without a word
+        raise CheckpointError(f"weights in {folder} have the wrong kind of number: " + "; ".join(kinds[:8]))
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]
     if strict and (missing or unexpected):

@@ -344,6 +344,19 @@ def _nan_weights(folder: Path) -> None:
     _edit_meta(folder, lambda m: m["sha256"].__setitem__("model.safetensors", digest))
 
 
+def _resave(folder: Path, change) -> None:
+    """Change the first tensor of the weights file with `change(tensors, name)` and record the new sha256."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    tensors = load_file(str(folder / "model.safetensors"))
+    change(tensors, next(iter(tensors)))
+    save_file(tensors, str(folder / "model.safetensors"))
+    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    _edit_meta(folder, lambda m: m["sha256"].__setitem__("model.safetensors", digest))
+
+
 def _symlink(target: str):
     def damage(folder: Path) -> None:
         (folder / "model.safetensors").unlink()
@@ -357,6 +370,7 @@ def _symlink(target: str):
 
 DAMAGED = {
     "nan weights": (_nan_weights, "NaN"),
+    "integer weights": (lambda f: _resave(f, lambda t, k: t.__setitem__(k, t[k].to(torch.int32))), "kind of number"),
     "flipped bytes in tensor data": (_flip_bytes, "sha256"),
     "truncated weights": (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:100]),
                           "truncated"),
