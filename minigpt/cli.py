@@ -22,6 +22,7 @@ import importlib
 import math
 import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -811,7 +812,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(MissingExtraError(f"minigpt {args.command}", err.extra, err.name or ""), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before training installed its handlers (or where it cannot)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not turn this into a traceback
         print("\ninterrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `minigpt generate ... | head`: the reader left, which is fine

@@ -566,11 +566,11 @@ class Trainer:
     def fit(self) -> History:
         """Train until a stop condition; returns the History (`.status` says why it stopped)."""
         cfg = self.config
-        resumed = self._resume_or_seed()
-        self._start()
-        status = "completed"
         # Ctrl-C / SIGTERM only set a flag: the step in progress finishes, then the loop saves and stops
         with self.signals:
+            resumed = self._resume_or_seed()
+            self._start()
+            status = "completed"
             try:
                 if cfg.eval_interval and self.step == 0 and not resumed:
                     self._evaluate_and_save()  # the loss before training: about ln(vocab size)

@@ -829,3 +829,21 @@ def test_weights_larger_than_memory_are_refused_before_reading(tmp_path: Path, g
                         else read(self))
     assert main(["generate", "--checkpoint", str(folder), "--prompt", "Sp"]) == 2
     assert "more than a checkpoint file may hold" in capsys.readouterr().err
+
+
+def test_ctrl_c_before_training_starts_is_130_and_a_second_one_is_ignored(monkeypatch, capsys):
+    """An interrupt that lands before the trainer's handlers are in place (loading, lazy imports) ends
+    with 130; further Ctrl-Cs during that exit are ignored rather than turned into a traceback."""
+    import minigpt.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_generate", interrupted)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        assert cli.main(["generate", "--checkpoint", "x"]) == 130
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert "interrupted" in capsys.readouterr().err
