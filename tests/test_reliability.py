@@ -236,7 +236,12 @@ def test_torchrun_ctrl_c_saves_on_every_rank_and_resumes_exactly(tmp_path: Path,
     step = json.loads((tmp_path / "run" / "ckpt" / "meta.json").read_text())["step"]
     assert history["status"] == "interrupted" and 0 < step < 200
     resumed = _torchrun(text_file, tmp_path / "run", "--resume")
-    assert resumed.wait(timeout=240) == 0, resumed.stdout.read() if resumed.stdout else ""
+    try:
+        assert resumed.wait(timeout=240) == 0, resumed.stdout.read() if resumed.stdout else ""
+    finally:  # never leave a launcher behind
+        for proc in (straight, first, resumed):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
     assert_same_weights(weights(tmp_path / "run"), weights(tmp_path / "straight"))
 
 
