@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import typing
 from dataclasses import dataclass, field
@@ -355,6 +356,8 @@ def validate_meta(meta: dict[str, Any], folder: str | os.PathLike = "checkpoint"
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{folder} was written by a newer minigpt (format {meta['format_version']}); "
                               "upgrade minigpt")
+    if meta.get("format_version", 1) < 1:
+        raise CheckpointError(f"{where}: format_version must be an integer >= 1, got {meta['format_version']}")
     if meta.get("step") is not None and not 0 <= meta["step"] <= 2**40:
         raise CheckpointError(f"{where}: step must be in [0, 2**40], got {meta['step']}")
     loss = meta.get("best_val_loss")
@@ -391,7 +394,7 @@ def _read_weights(folder: Path, meta: dict[str, Any] | None = None) -> dict[str,
     from safetensors.torch import load as st_load
 
     file = folder / WEIGHTS_FILE
-    data = _read_regular(file, 2**40)
+    data = _read_regular(file, _memory_bytes())  # a (sparse) file larger than memory: refused, not read
     try:
         tensors = st_load(data)  # always CPU tensors; parsing runs no code
     except (SafetensorError, ValueError, RuntimeError) as e:
@@ -405,6 +408,14 @@ def _read_weights(folder: Path, meta: dict[str, Any] | None = None) -> dict[str,
             raise CheckpointError(f"{file}: tensor {name} holds NaN/Inf values; the checkpoint is damaged "
                                   "(a diverged run never saves such weights)")
     return tensors
+
+
+def _memory_bytes() -> int:
+    """This machine's physical memory (1 TiB where unknown): no weights file larger than it can load."""
+    try:
+        return min(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), 2**40)
+    except (ValueError, OSError, AttributeError):
+        return 2**40
 
 
 def _model_digest(meta: dict[str, Any]) -> str:
@@ -486,17 +497,48 @@ def build_model(meta: dict[str, Any], device: str | torch.device | None = None) 
 
 
 def _check_shapes(folder: Path, tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
-                  model_name: str, strict: bool) -> None:
-    """The weights file must hold exactly the model's tensors, with the model's shapes."""
-    wrong_shape = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-                   for k, v in tensors.items() if k in expected and expected[k].shape != v.shape]
-    if wrong_shape:
-        raise CheckpointError(f"architecture mismatch with {folder}: " + "; ".join(wrong_shape[:8]))
+                  model_name: str, strict: bool, config: dict[str, Any] | None = None) -> None:
+    """The weights file must hold exactly the model's tensors, with the model's shapes. With the saved
+    `config` (a model rebuilt from meta.json), the message names the config fields the weights contradict."""
+    wrong = [(k, tuple(v.shape), tuple(expected[k].shape)) for k, v in tensors.items()
+             if k in expected and expected[k].shape != v.shape]
+    if wrong:
+        blamed = _blame(config, wrong)
+        raise CheckpointError(f"architecture mismatch with {folder}: " + blamed + "; ".join(
+            f"{k}: checkpoint {have} vs model {want}" for k, have, want in wrong[:8]))
+    kinds = [f"{k}: {v.dtype} where the model holds {expected[k].dtype}" for k, v in tensors.items()
+             if k in expected and v.is_floating_point() != expected[k].is_floating_point()]
+    if kinds:  # integer weights would be copied into float parameters without a word
+        raise CheckpointError(f"weights in {folder} have the wrong kind of number: " + "; ".join(kinds[:8]))
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]
     if strict and (missing or unexpected):
-        raise CheckpointError(f"weights in {folder} do not fit {model_name}: missing {missing[:8]}, "
+        layers = _layer_counts(tensors), _layer_counts(expected)
+        blamed = "".join(f"model_config.{k} = {v} but the weights hold {layers[0].get(k2, 0)} layers; "
+                         for k, v in (config or {}).items() for k2 in layers[1]
+                         if "layer" in k and v == layers[1][k2] != layers[0].get(k2, 0))
+        raise CheckpointError(f"weights in {folder} do not fit {model_name}: {blamed}missing {missing[:8]}, "
                               f"unexpected {unexpected[:8]}")
+
+
+def _blame(config: dict[str, Any] | None, wrong: list[tuple[str, tuple, tuple]]) -> str:
+    """'model_config.block_size = 32 does not fit the weights; ' for each integer field equal to a size the
+    model needs and the weights do not have (e.g. block_size vs the rows of a learned position table)."""
+    sizes = {w for _, have, want in wrong for h, w in zip(have, want) if h != w}
+    sizes |= {w for _, have, want in wrong if len(have) != len(want) for w in want}
+    named = [f"model_config.{k} = {v} does not fit the weights" for k, v in (config or {}).items()
+             if isinstance(v, int) and not isinstance(v, bool) and v in sizes]
+    return "".join(n + "; " for n in named)
+
+
+def _layer_counts(state: dict[str, Any]) -> dict[str, int]:
+    """{'transformer.h': 2, ...}: how many numbered blocks each module list holds."""
+    found: dict[str, set[str]] = {}
+    for key in state:
+        m = re.match(r"(.*?)\.(\d+)\.", key)
+        if m:
+            found.setdefault(m.group(1), set()).add(m.group(2))
+    return {k: len(v) for k, v in found.items()}
 
 
 def _rebuild_tokenizer(payload: dict[str, Any] | None) -> Any:
@@ -575,7 +617,8 @@ def load_checkpoint(
     if model is None:
         _check_layer_counts(folder, meta, tensors)
         skeleton = build_model(meta, device="meta")  # no memory: shapes first, then the real build
-        _check_shapes(folder, tensors, skeleton.state_dict(), type(skeleton).__name__, strict)
+        _check_shapes(folder, tensors, skeleton.state_dict(), type(skeleton).__name__, strict,
+                      meta.get("model_config"))
         model = build_model(meta)
     else:
         _check_architecture(folder, meta, unwrap_model(model))
@@ -674,8 +717,14 @@ def prepare_out_dir(out_dir: str | os.PathLike, *, resume: bool = False, overwri
     `overwrite`, the old run's checkpoints and history are removed (nothing else in the folder).
     Stale temporary folders of interrupted saves are cleaned up.
     """
+    if not str(out_dir).strip():
+        raise CheckpointError("--out-dir is empty; name a folder (an empty value would write into the current one)")
     out = Path(out_dir)
     try:
+        for sub in (out / LATEST_DIR, out / BEST_DIR):  # a save replaces these: they must be real folders
+            if sub.is_symlink() or (sub.exists() and not sub.is_dir()):
+                raise CheckpointError(f"{sub} is a file or a symlink, not a checkpoint folder; move it away or "
+                                      "choose another --out-dir")
         if out.is_symlink() and not out.exists():
             raise CheckpointError(f"--out-dir {out} is a broken symlink or a symlink loop; pick another folder")
         if out.exists() and not out.is_dir():
@@ -689,8 +738,8 @@ def prepare_out_dir(out_dir: str | os.PathLike, *, resume: bool = False, overwri
     clean_stale_files(out)
     held = latest_checkpoint(out) or (out / BEST_DIR if (out / BEST_DIR / META_FILE).exists() else None)
     if held is not None and not resume and not overwrite:
-        raise CheckpointError(f"{out} already holds a run ({held}); pass --resume to continue it, --overwrite "
-                              "to replace it, or choose another --out-dir")
+        raise CheckpointError(f"{out} already holds a run ({held}); pass --resume (resume=True) to continue it, "
+                              "--overwrite (overwrite=True) to replace it, or choose another --out-dir (out_dir=)")
     if held is not None and overwrite and not resume:
         for name in (LATEST_DIR, BEST_DIR, f".{LATEST_DIR}.old", f".{BEST_DIR}.old"):
             shutil.rmtree(out / name, ignore_errors=True)

@@ -22,6 +22,7 @@ import importlib
 import math
 import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -485,6 +486,7 @@ def _resumed_model(
     the checkpoint is refused."""
     from .checkpoint import load_checkpoint
     from .model import LanguageModel
+    from .training.resume import RESUMED_FIELDS
 
     model, info = load_checkpoint(ckpt)
     _say(f"resuming from {ckpt} (step {info.step}); the model and vocabulary come from the checkpoint")
@@ -493,16 +495,9 @@ def _resumed_model(
     if not isinstance(model, LanguageModel):
         raise CLIError(f"{ckpt} holds a {type(model).__name__}, not a language model with config.block_size")
     _refuse_model_changes(args, ckpt, model, info)
-    saved = {k: v for k, v in (info.train_config or {}).items() if k in _RESUMED_FIELDS}
+    saved = {k: v for k, v in (info.train_config or {}).items() if k in RESUMED_FIELDS}
     overrides.update({k: v for k, v in saved.items() if k not in overrides})
     return model, info.tokenizer, model.config.block_size
-
-
-# what a resumed run takes from the checkpoint unless a flag says otherwise (its plan and recipe)
-_RESUMED_FIELDS = ("max_iters", "batch_size", "lr", "min_lr", "warmup_iters", "lr_decay_iters", "schedule",
-                   "weight_decay", "beta1", "beta2", "grad_clip", "grad_accum", "eval_interval", "eval_iters",
-                   "early_stopping_patience", "min_delta", "seed", "max_time_s", "optimizer", "muon_momentum",
-                   "checkpoint_interval", "log_interval")
 
 
 def _refuse_model_changes(args: argparse.Namespace, ckpt: Path, model: Any, info: Any) -> None:
@@ -817,7 +812,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(MissingExtraError(f"minigpt {args.command}", err.extra, err.name or ""), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before training installed its handlers (or where it cannot)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not turn this into a traceback
         print("\ninterrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `minigpt generate ... | head`: the reader left, which is fine

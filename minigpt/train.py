@@ -55,6 +55,10 @@ from torch import nn
 from .checkpoint import (
     BEST_DIR,
     LATEST_DIR,
+    CheckpointError,
+    latest_checkpoint,
+    prepare_out_dir,
+    read_meta,
     unwrap_model,
 )
 from .data import check_length
@@ -73,7 +77,7 @@ from .training.distributed import (
 from .training.guard import NanGuard, TrainingDiverged, record_divergence
 from .training.history import COLUMNS, History, ProgressLog
 from .training.interrupt import StopSignals
-from .training.resume import resume_or_seed, save_run
+from .training.resume import RESUMED_FIELDS, resume_or_seed, save_run
 from .training.rng import rng_state, set_rng_state
 
 __all__ = [
@@ -149,8 +153,9 @@ class TrainConfig:
         """Every field checked: type, finite, in range; the message names the field (and the CLI flag)."""
         for name in ("max_iters", "batch_size", "grad_accum", "log_interval"):
             _check_int(name, getattr(self, name), 1)
-        for name in ("warmup_iters", "eval_interval", "eval_iters", "checkpoint_interval"):
+        for name in ("warmup_iters", "eval_interval", "checkpoint_interval"):
             _check_int(name, getattr(self, name), 0)
+        _check_int("eval_iters", self.eval_iters, 0, _MAX_EVAL_ITERS)  # one tensor of that many losses per split
         _check_int("seed", self.seed, 0, 2**62 - 1)  # generators take seed + rank + offsets in int64
         if self.lr_decay_iters is not None:
             _check_int("lr_decay_iters", self.lr_decay_iters, 1)
@@ -158,14 +163,18 @@ class TrainConfig:
             _check_int("early_stopping_patience", self.early_stopping_patience, 1)
         if self.eval_interval and self.eval_iters < 1:
             raise ValueError("eval_iters must be >= 1 when eval_interval > 0 (or set eval_interval=0)")
-        if not (_is_number(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r} (typical: 1e-3 small, 3e-4 larger)")
+        if not (_is_number(self.lr) and 0 < self.lr <= _MAX_LR):
+            raise ValueError(f"lr (--lr) must be a number in (0, {_MAX_LR:g}], got {self.lr!r} (typical: 1e-3 small, "
+                             "3e-4 larger)")
         if self.min_lr is not None and not (_is_number(self.min_lr) and 0 <= self.min_lr <= self.lr):
             raise ValueError(f"min_lr (--min-lr) must be in [0, lr={self.lr}], got {self.min_lr}")
         for name in ("grad_clip", "weight_decay", "min_delta"):
             value = getattr(self, name)
             if not (_is_number(value) and value >= 0):
                 raise ValueError(f"{name} (--{name.replace('_', '-')}) must be a finite number >= 0, got {value!r}")
+        if self.lr * self.weight_decay >= 1:
+            raise ValueError(f"weight_decay (--weight-decay) * lr must be < 1: each step multiplies the weights by "
+                             f"1 - lr * weight_decay; got {self.weight_decay} * {self.lr} (typical weight_decay: 0.1)")
         for name in ("beta1", "beta2", "muon_momentum"):
             value = getattr(self, name)
             if not (_is_number(value) and 0 <= value < 1):
@@ -196,6 +205,8 @@ class TrainConfig:
 
 
 _MAX_STEPS = 2**40  # larger counts are typos; they would also overflow int64 token counters
+_MAX_EVAL_ITERS = 10_000  # batches per split per evaluation (nanoGPT uses 200)
+_MAX_LR = 10.0  # larger rates only diverge; past float32's range the optimizer itself fails
 
 
 def _is_number(value: Any) -> bool:
@@ -433,6 +444,9 @@ class Trainer:
     tokenizer, metadata: stored in checkpoints (tokenizer via its to_dict()).
     callback: `callback(TrainEvent) -> bool | None`; returning True stops training (status "stopped").
     resume: continue from `latest_checkpoint(out_dir)` if there is one.
+    overwrite: replace a run already in out_dir (without it, or resume, such a folder is refused).
+    The output folder is checked here, before any work: a file, a symlink loop or a read-only
+    folder raises CheckpointError at construction, not at the first save.
     """
 
     def __init__(
@@ -445,6 +459,7 @@ class Trainer:
         callback: Callable[[TrainEvent], bool | None] | None = None,
         resume: bool = False,
         metadata: dict[str, Any] | None = None,
+        overwrite: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -456,6 +471,7 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else None
         self.dist = setup_distributed(cfg.device)
         self.device, self.dtype, self.model, self.train_model = place_model(model, cfg, self.dist)
+        self._check_out_dir(overwrite)
         self.optimizer = configure_optimizer(self.model, cfg, self.device)
         self.scaler = make_grad_scaler(self.device, self.dtype)
         self.generator = torch.Generator().manual_seed(cfg.seed + self.dist.rank)
@@ -472,6 +488,17 @@ class Trainer:
         self._stop_request = False
         self.signals = StopSignals()  # SIGINT/SIGTERM during fit(); `.exit_code` is 130/143 after one
 
+    def _check_out_dir(self, overwrite: bool) -> None:
+        """Rank 0 checks (and with `overwrite` empties) out_dir; every rank raises together if it is refused."""
+        error = None
+        if self.out_dir is not None and self.is_main:
+            try:
+                prepare_out_dir(self.out_dir, resume=self.resume, overwrite=overwrite)
+            except CheckpointError as e:
+                error = e
+        if any_rank(self.dist, self.device, error is not None)[0]:
+            raise error or CheckpointError(f"rank 0 refused the output folder {self.out_dir}")
+
     # -- the loop
 
     def fit(self) -> History:
@@ -482,6 +509,9 @@ class Trainer:
         status = "completed"
         # Ctrl-C / SIGTERM only set a flag: the step in progress finishes, then the loop saves and stops
         with self.signals:
+            resumed = resume_or_seed(self)  # from out_dir's latest checkpoint, else from the seed
+            self._start()
+            status = "completed"
             try:
                 if cfg.eval_interval and self.step == 0 and not resumed:
                     self._evaluate_and_save()  # the loss before training: about ln(vocab size)
@@ -728,20 +758,35 @@ def train(
     metadata: dict[str, Any] | None = None,
     epochs: float | None = None,
     fit_time: bool = False,
+    overwrite: bool = False,
     **overrides: Any,
 ) -> History:
     """One call for notebooks: `train(model, get_batch, max_iters=500, lr=1e-3)`.
 
     Keyword overrides replace fields of `config` (or of a default TrainConfig). `epochs` (instead of
     max_iters) and `fit_time=True` (plan max_iters from the measured speed so the decay ends with
-    max_time_s) go through `plan_run`, the same planning as `minigpt train`.
+    max_time_s) go through `plan_run`, the same planning as `minigpt train`. As with `minigpt train`:
+    an out_dir holding another run is refused unless `resume=True` or `overwrite=True`, and
+    `resume=True` without `config` continues the saved run's plan (steps, schedule, budget; see
+    `RESUMED_FIELDS`) where no keyword says otherwise.
     """
+    if resume and config is None:
+        config = _saved_plan(overrides.get("out_dir", TrainConfig.out_dir))
     config = dataclasses.replace(config or TrainConfig(), **overrides)
     if epochs is not None or fit_time:
         config = plan_run(config, get_batch, model, epochs=epochs, fit_time=fit_time and not resume).config
     trainer = Trainer(model, get_batch, config, tokenizer=tokenizer, callback=callback, resume=resume,
-                      metadata=metadata)
+                      metadata=metadata, overwrite=overwrite)
     try:
         return trainer.fit()
     finally:
         trainer.close()
+
+
+def _saved_plan(out_dir: str | os.PathLike | None) -> TrainConfig | None:
+    """The TrainConfig of the run saved in out_dir (its `RESUMED_FIELDS`), or None if there is none."""
+    ckpt = latest_checkpoint(out_dir) if out_dir is not None else None
+    if ckpt is None:
+        return None
+    saved = read_meta(ckpt).get("train_config") or {}
+    return TrainConfig(**{k: v for k, v in saved.items() if k in RESUMED_FIELDS})

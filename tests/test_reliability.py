@@ -106,6 +106,51 @@ def test_train_function_is_reproducible_in_fresh_processes(kind: str):
     assert outs[0].stdout == outs[1].stdout
 
 
+# notebook 07's code up to its training run, as a kernel would run it; the caller's RNGs are first advanced
+# by a different amount each time (a kernel that ran other cells), so only the notebook's own seeding counts
+_NOTEBOOK_RUNNER = """
+import json, random, sys
+import numpy, torch
+nb = json.load(open(sys.argv[1]))
+k = int(sys.argv[2])
+torch.rand(k), [random.random() for _ in range(k)], numpy.random.rand(k)
+code = []
+for cell in nb["cells"]:
+    if cell["cell_type"] == "code":
+        code.append("".join(cell["source"]).replace("SEED = 0", "SEED = " + sys.argv[3]))
+        if "trainer.fit()" in code[-1]:
+            break
+g = {"__name__": "__main__"}
+exec(compile("\\n\\n".join(code), sys.argv[1], "exec"), g)
+print("RESULT", json.dumps({name: r["val"] for name, r in g["results"].items()}))
+"""
+
+
+def _notebook_07(out: Path, perturb: int, seed: int) -> tuple[str, list, dict, dict]:
+    env = dict(_env(), MINIGPT_FAST="1", MPLBACKEND="Agg", MINIGPT_HF_OFFLINE="1", HF_HUB_OFFLINE="1",
+               MINIGPT_OUT_DIR=str(out))
+    proc = subprocess.run([sys.executable, "-c", _NOTEBOOK_RUNNER, "07_char_gpt_shakespeare.ipynb", str(perturb),
+                           str(seed)], cwd=ROOT / "notebooks", capture_output=True, text=True, env=env, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = out / "07_char_gpt_shakespeare"
+    rows = json.loads((out / "history.json").read_text())["rows"]
+    rows = [{k: v for k, v in r.items() if k not in ("elapsed", "tokens_per_s")} for r in rows]
+    result = proc.stdout.split("RESULT ")[1]
+    return result, rows, weights(out), load_file(str(out / "best" / "model.safetensors"))
+
+
+def test_notebook_07_training_is_bit_identical_in_fresh_processes(tmp_path: Path):
+    """Point 1 for notebooks: the comparison of three models and the main training run of notebook 07
+    (fast mode) give the same losses and weights in two fresh processes whose RNGs were advanced
+    differently first (without the notebook's seed_everything(SEED) the MLP and GPT results differ)."""
+    a = _notebook_07(tmp_path / "a", 3, 0)
+    b = _notebook_07(tmp_path / "b", 1001, 0)
+    assert a[0] == b[0]  # the val losses of the bigram / MLP / transformer comparison
+    assert a[1] == b[1]  # every logged loss, lr and grad norm of the main run
+    assert_same_weights(a[2], b[2])
+    assert_same_weights(a[3], b[3])
+
+
 # ---------------------------------------------------------------------------- 2. exact resume
 
 
@@ -154,6 +199,50 @@ def test_resume_after_any_interrupt_equals_the_straight_run(tmp_path: Path, text
     resumed = cli(*_train_args(text_file, out), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert_same_weights(weights(out), straight_run)
+
+
+def _torchrun(text_file: Path, out: Path, *extra: str) -> subprocess.Popen:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={port}", "-m", "minigpt", *_train_args(text_file, out), "--max-iters", "200",
+           "--eval-interval", "50", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
+                            start_new_session=True)  # its own process group, as a terminal's foreground job
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process groups")
+def test_torchrun_ctrl_c_saves_on_every_rank_and_resumes_exactly(tmp_path: Path, text_file: Path):
+    """Ctrl-C in a terminal signals torchrun and both workers: every rank stops at the same step
+    boundary, rank 0 saves, and a resumed torchrun run ends on the weights of an uninterrupted one.
+    (torchrun itself then exits 1 with its own SignalException; the workers exit 130.)"""
+    straight = _torchrun(text_file, tmp_path / "straight")
+    first = _torchrun(text_file, tmp_path / "run")
+    assert first.stdout is not None
+    for line in first.stdout:
+        if line.startswith("device:"):
+            break
+    time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGINT)
+    log = first.stdout.read()
+    first.wait(timeout=120)
+    assert straight.wait(timeout=240) == 0, straight.stdout.read()[-3000:] if straight.stdout else ""
+    assert log.count("SIGINT: stopping after this step") == 2, log[-3000:]
+    assert str(ROOT / "minigpt") not in log, log[-3000:]  # no traceback from a worker
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    step = json.loads((tmp_path / "run" / "ckpt" / "meta.json").read_text())["step"]
+    assert history["status"] == "interrupted" and 0 < step < 200
+    resumed = _torchrun(text_file, tmp_path / "run", "--resume")
+    try:
+        assert resumed.wait(timeout=240) == 0, resumed.stdout.read() if resumed.stdout else ""
+    finally:  # never leave a launcher behind
+        for proc in (straight, first, resumed):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert_same_weights(weights(tmp_path / "run"), weights(tmp_path / "straight"))
 
 
 def test_resume_keeps_the_plan_and_refuses_another_config(tmp_path: Path, text_file: Path, capsys):
@@ -260,6 +349,19 @@ def _nan_weights(folder: Path) -> None:
     _edit_meta(folder, lambda m: m["sha256"].__setitem__("model.safetensors", digest))
 
 
+def _resave(folder: Path, change) -> None:
+    """Change the first tensor of the weights file with `change(tensors, name)` and record the new sha256."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    tensors = load_file(str(folder / "model.safetensors"))
+    change(tensors, next(iter(tensors)))
+    save_file(tensors, str(folder / "model.safetensors"))
+    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    _edit_meta(folder, lambda m: m["sha256"].__setitem__("model.safetensors", digest))
+
+
 def _symlink(target: str):
     def damage(folder: Path) -> None:
         (folder / "model.safetensors").unlink()
@@ -273,6 +375,7 @@ def _symlink(target: str):
 
 DAMAGED = {
     "nan weights": (_nan_weights, "NaN"),
+    "integer weights": (lambda f: _resave(f, lambda t, k: t.__setitem__(k, t[k].to(torch.int32))), "kind of number"),
     "flipped bytes in tensor data": (_flip_bytes, "sha256"),
     "truncated weights": (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:100]),
                           "truncated"),
@@ -293,7 +396,17 @@ DAMAGED = {
     "huge n_layer": (lambda f: _edit_meta(f, _set("model_config.n_layer", 10**12)), "n_layer"),
     "n_layer beyond the tensors": (lambda f: _edit_meta(f, _set("model_config.n_layer", 5000)), "n_layer"),
     "huge n_embd": (lambda f: _edit_meta(f, _set("model_config.n_embd", 10**9)), "n_embd"),
-    "changed block_size": (lambda f: _edit_meta(f, _set("model_config.block_size", 32)), "wpe"),
+    # crafted: meta.json edited and its digest recomputed; the weights' shapes still contradict it
+    "changed block_size": (lambda f: _edit_meta(f, _set("model_config.block_size", 32)),
+                           "model_config.block_size = 32 does not fit the weights"),
+    "smaller block_size": (lambda f: _edit_meta(f, _set("model_config.block_size", 8)),
+                           "model_config.block_size = 8 does not fit the weights"),
+    "changed vocab_size": (lambda f: _edit_meta(f, _set("model_config.vocab_size", 99)),
+                           "model_config.vocab_size = 99 does not fit"),
+    "changed n_embd": (lambda f: _edit_meta(f, _set("model_config.n_embd", 24)), "model_config.n_embd = 24"),
+    "changed d_ff": (lambda f: _edit_meta(f, _set("model_config.d_ff", 40)), "model_config.d_ff = 40"),
+    "one more layer": (lambda f: _edit_meta(f, _set("model_config.n_layer", 2)),
+                       "model_config.n_layer = 2 but the weights hold 1 layers"),
     "huge block_size": (lambda f: _edit_meta(f, _set("model_config.block_size", 10**9)), "block_size"),
     "n_head not dividing": (lambda f: _edit_meta(f, _set("model_config.n_head", 3)), "n_head"),
     "negative dropout": (lambda f: _edit_meta(f, _set("model_config.dropout", -1.0)), "dropout"),
@@ -305,6 +418,7 @@ DAMAGED = {
     "weights are /dev/zero": (_symlink("/dev/zero"), "regular file"),
     "weights missing": (lambda f: (f / "model.safetensors").unlink(), "model.safetensors"),
     "newer format": (lambda f: _edit_meta(f, _set("format_version", 99)), "newer minigpt"),
+    "format_version 0": (lambda f: _edit_meta(f, _set("format_version", 0)), "format_version"),
 }
 
 
@@ -398,6 +512,8 @@ TRAIN_FLAGS = {
     "--min-lr nan": (["--min-lr", "nan"], "--min-lr"),
     "--lr inf": (["--lr", "inf"], "--lr"),
     "--lr nan": (["--lr", "nan"], "--lr"),
+    "--lr 1e308": (["--lr", "1e308"], "--lr"),
+    "--eval-iters 10**9": (["--eval-iters", str(10**9), "--eval-interval", "1"], "--eval-iters"),
     "--max-time nan": (["--max-time", "nan"], "--max-time"),
     "--max-time -1": (["--max-time", "-1"], "--max-time"),
     "--epochs inf": (["--epochs", "inf"], "--epochs"),
@@ -483,7 +599,8 @@ def test_sample_next_stays_finite_at_the_edges():
 
 @pytest.mark.parametrize("field,value", [("weight_decay", float("nan")), ("grad_clip", float("nan")),
                                          ("min_delta", float("inf")), ("seed", 2**70), ("max_iters", True),
-                                         ("lr_decay_iters", 0), ("beta2", float("nan")), ("max_time_s", float("inf"))])
+                                         ("lr_decay_iters", 0), ("beta2", float("nan")), ("max_time_s", float("inf")),
+                                         ("lr", 1e308), ("eval_iters", 10**9), ("weight_decay", 1e308)])
 def test_train_config_refuses_non_finite_and_out_of_range(field: str, value):
     from minigpt.train import TrainConfig
 
@@ -505,19 +622,26 @@ def _symlink_loop(path: Path) -> None:
     os.symlink(path, path.with_name("loop-b"))
 
 
-@pytest.mark.parametrize("kind", ["file", "symlink loop", "inside a file"])
+@pytest.mark.parametrize("kind", ["file", "symlink loop", "inside a file", "ckpt is a file", "best is a symlink loop",
+                                  "empty"])
 def test_output_folder_is_checked_before_training(tmp_path: Path, text_file: Path, capsys, kind: str):
     out = tmp_path / "out"
     if kind == "file":
         out.write_text("x")
     elif kind == "symlink loop":
         _symlink_loop(out)
-    else:
+    elif kind == "ckpt is a file":
+        out.mkdir()
+        (out / "ckpt").write_text("x")
+    elif kind == "best is a symlink loop":
+        out.mkdir()
+        _symlink_loop(out / "best")
+    elif kind != "empty":
         out.write_text("x")
         out = out / "sub"
     t0 = time.perf_counter()
-    code = _main_code(["train", "--data-file", str(text_file), "--out-dir", str(out), "--max-iters", "200",
-                       "--sample-length", "0", *TINY])
+    code = _main_code(["train", "--data-file", str(text_file), "--out-dir", "" if kind == "empty" else str(out),
+                       "--max-iters", "200", "--sample-length", "0", *TINY])
     err = capsys.readouterr().err
     assert code == 2 and "--out-dir" in err and "Traceback" not in err, err
     assert time.perf_counter() - t0 < 5  # refused before any training
@@ -615,19 +739,74 @@ def test_grading_checks_the_output_before_grading(tmp_path: Path, capsys):
     assert code == 2 and "--timeout" in capsys.readouterr().err
 
 
-def test_trainer_checks_its_output_folder_before_the_first_step(tmp_path: Path):
-    from minigpt.checkpoint import CheckpointError
+def _tiny_lm():
     from minigpt.model import GPT, GPTConfig
-    from minigpt.train import lm_batches, train
+    from minigpt.train import lm_batches
 
-    (tmp_path / "f").write_text("x")
     data = torch.randint(0, 11, (500,), generator=torch.Generator().manual_seed(0))
+    return GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16)), lm_batches(
+        data[:400], data[400:], 8, 4)
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink loop", "read-only", "inside a file"])
+def test_trainer_checks_its_output_folder_before_the_first_step(tmp_path: Path, kind: str):
+    from minigpt.checkpoint import CheckpointError
+    from minigpt.train import TrainConfig, Trainer, train
+
+    out = tmp_path / "f"
+    if kind in ("file", "inside a file"):
+        out.write_text("x")
+        out = out / "sub" if kind == "inside a file" else out
+    elif kind == "symlink loop":
+        _symlink_loop(out)
+    else:
+        if os.name != "posix" or os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        out.mkdir()
+        out.chmod(0o500)
     steps = []
-    with pytest.raises(CheckpointError, match="is a file"):
-        train(GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16)),
-              lm_batches(data[:400], data[400:], 8, 4), max_iters=5, eval_interval=0, progress=False,
-              out_dir=str(tmp_path / "f"), device="cpu", callback=lambda e: steps.append(e.step))
+    try:
+        with pytest.raises(CheckpointError, match="is a file|symlink loop|cannot be written"):
+            model, batches = _tiny_lm()
+            train(model, batches, max_iters=5, eval_interval=0, progress=False, out_dir=str(out), device="cpu",
+                  callback=lambda e: steps.append(e.step))
+        with pytest.raises(CheckpointError):  # at construction, before any work
+            Trainer(*_tiny_lm(), TrainConfig(out_dir=str(out), device="cpu", progress=False))
+    finally:
+        if kind == "read-only":
+            out.chmod(0o700)
     assert steps == []
+
+
+def test_library_refuses_a_folder_holding_another_run_and_resumes_its_plan(tmp_path: Path):
+    from minigpt.checkpoint import CheckpointError
+    from minigpt.train import TrainConfig, Trainer, train
+
+    out = str(tmp_path / "run")
+    kw = dict(eval_interval=0, progress=False, device="cpu")
+    first = train(*_tiny_lm(), max_iters=6, warmup_iters=2, schedule="linear", lr=2e-3, out_dir=out, **kw)
+    assert first.status == "completed"
+    for call in (lambda: train(*_tiny_lm(), max_iters=3, out_dir=out, **kw),
+                 lambda: Trainer(*_tiny_lm(), TrainConfig(max_iters=3, out_dir=out, **kw))):
+        with pytest.raises(CheckpointError, match=r"already holds a run.*overwrite=True"):
+            call()
+    assert json.loads((tmp_path / "run" / "ckpt" / "meta.json").read_text())["step"] == 6  # untouched
+    # resume=True without a config: the saved plan (steps, schedule, lr), not TrainConfig's defaults
+    again = train(*_tiny_lm(), resume=True, out_dir=out, max_iters=9, **kw)
+    meta = json.loads((tmp_path / "run" / "ckpt" / "meta.json").read_text())
+    assert again.status == "completed" and meta["step"] == 9
+    assert (meta["train_config"]["schedule"], meta["train_config"]["lr"], meta["train_config"]["warmup_iters"]) \
+        == ("linear", 2e-3, 2)
+    with pytest.raises(ValueError, match=r"batch_size=12 but this run uses batch_size=8.*resume with batch_size=12"):
+        train(*_tiny_lm(), resume=True, out_dir=out, batch_size=8, **kw)
+    from minigpt.model import GPT, GPTConfig
+
+    wider = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=32))
+    with pytest.raises(CheckpointError, match="n_embd"):
+        train(wider, _tiny_lm()[1], resume=True, out_dir=out, **kw)
+    replaced = train(*_tiny_lm(), max_iters=2, out_dir=out, overwrite=True, **kw)
+    assert replaced.status == "completed"
+    assert json.loads((tmp_path / "run" / "ckpt" / "meta.json").read_text())["step"] == 2
 
 
 @pytest.mark.parametrize("flags,words", [(["--n-embd", "60000", "--n-head", "1"], "GiB"),
@@ -642,3 +821,34 @@ def test_a_model_too_big_for_the_machine_is_refused_before_allocation(tmp_path: 
     err = capsys.readouterr().err
     assert code == 2 and words in err and "Traceback" not in err, err
     assert time.perf_counter() - t0 < 20
+
+
+def test_weights_larger_than_memory_are_refused_before_reading(tmp_path: Path, good_run: Path, capsys, monkeypatch):
+    import minigpt.checkpoint as checkpoint
+    from minigpt.cli import main
+
+    folder = _copy(good_run / "ckpt", tmp_path / "ckpt")
+    monkeypatch.setattr(checkpoint, "_memory_bytes", lambda: 1000)  # a sparse 1 TB file, scaled down
+    read = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("read") if self.suffix == ".safetensors"
+                        else read(self))
+    assert main(["generate", "--checkpoint", str(folder), "--prompt", "Sp"]) == 2
+    assert "more than a checkpoint file may hold" in capsys.readouterr().err
+
+
+def test_ctrl_c_before_training_starts_is_130_and_a_second_one_is_ignored(monkeypatch, capsys):
+    """An interrupt that lands before the trainer's handlers are in place (loading, lazy imports) ends
+    with 130; further Ctrl-Cs during that exit are ignored rather than turned into a traceback."""
+    import minigpt.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_generate", interrupted)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        assert cli.main(["generate", "--checkpoint", "x"]) == 130
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert "interrupted" in capsys.readouterr().err

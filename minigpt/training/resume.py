@@ -11,6 +11,7 @@ recipe (`SAME_ON_RESUME`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,6 @@ from ..checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     load_train_state,
-    prepare_out_dir,
     read_meta,
     save_checkpoint,
 )
@@ -34,19 +34,23 @@ from .rng import rng_state, seed_everything, set_rng_state
 if TYPE_CHECKING:  # typing only: train.py imports this module
     from ..train import TrainConfig, Trainer
 
-__all__ = ["SAME_ON_RESUME", "load_run", "refuse_other_run", "restore_random_streams", "resume_or_seed",
-           "save_run", "train_state"]
+__all__ = ["RESUMED_FIELDS", "SAME_ON_RESUME", "load_run", "refuse_other_run", "restore_random_streams",
+           "resume_or_seed", "save_run", "train_state"]
 
 log = logging.getLogger("minigpt.train")
 
 # fields a resumed run must share with the run that wrote the checkpoint (Trainer refuses otherwise)
 SAME_ON_RESUME = ("optimizer", "batch_size", "grad_accum", "seed", "beta1", "beta2", "muon_momentum")
+# the saved run's plan and recipe: what `train(resume=True)` and `minigpt train --resume` take from the
+# checkpoint unless the caller says otherwise
+RESUMED_FIELDS = ("max_iters", "batch_size", "lr", "min_lr", "warmup_iters", "lr_decay_iters", "schedule",
+                  "weight_decay", "beta1", "beta2", "grad_clip", "grad_accum", "eval_interval", "eval_iters",
+                  "early_stopping_patience", "min_delta", "seed", "max_time_s", "optimizer", "muon_momentum",
+                  "checkpoint_interval", "log_interval")
 
 
 def resume_or_seed(trainer: Trainer) -> bool:
     """Continue from out_dir's latest checkpoint if asked and there is one (True); else seed."""
-    if trainer.out_dir is not None and trainer.is_main:  # a folder that cannot take checkpoints fails now
-        prepare_out_dir(trainer.out_dir, resume=True)
     if trainer.resume and trainer.out_dir is not None:
         ckpt = latest_checkpoint(trainer.out_dir)
         if ckpt is not None:
@@ -111,7 +115,7 @@ def load_run(trainer: Trainer, path: Path) -> None:
     missing = [k for k in ("step", "optimizer", "history", "rng", "data_rng") if k not in state]
     if missing:
         raise CheckpointError(f"the training state in {path} lacks {missing}; it was not written by Trainer")
-    refuse_other_run(trainer.config, path, read_meta(path).get("train_config") or {})
+    refuse_other_run(trainer.config, path, read_meta(path).get("train_config") or {}, say=trainer.progress.say)
     load_checkpoint(path, device=trainer.device, model=trainer.model)
     try:
         trainer.optimizer.load_state_dict(state["optimizer"])
@@ -130,10 +134,15 @@ def load_run(trainer: Trainer, path: Path) -> None:
     trainer._elapsed_before = float(state.get("elapsed", 0.0))
 
 
-def refuse_other_run(config: TrainConfig, path: Path, saved: dict[str, Any]) -> None:
+def refuse_other_run(config: TrainConfig, path: Path, saved: dict[str, Any],
+                     say: Callable[[str], None] | None = None) -> None:
     """A resumed run must continue the same recipe: optimizer state, data stream and batch shape
-    only fit the run that wrote them."""
+    only fit the run that wrote them. Other plan changes (e.g. more steps) are allowed, and `say`d."""
     saved = {"optimizer": "adamw", **saved}
+    changed = [f"{k} {saved[k]!r} -> {getattr(config, k)!r}" for k in RESUMED_FIELDS
+               if k in saved and k not in SAME_ON_RESUME and saved[k] != getattr(config, k)]
+    if changed and say is not None:  # the run no longer equals an uninterrupted one
+        say(f"note: the resumed run changes its plan: {', '.join(changed)}")
     for name in SAME_ON_RESUME:
         if name in saved and saved[name] != getattr(config, name):
             flag = "--" + name.replace("_", "-")
