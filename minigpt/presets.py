@@ -57,6 +57,13 @@ _RECIPES = (
         description="default; 4 layers, width 128, block 128, RoPE, Muon; sized for a 2-core laptop CPU",
     ),
     TrainPreset(
+        model="speedrun-cpu",
+        # bench/speedrun.py's recipe (RECORDS.md): what the ablation (bench/ablation.md) measured to help.
+        train=dict(_NANOGPT, optimizer="muon", lr=1e-2, min_lr=0.0, schedule="linear", batch_size=8,
+                   max_iters=8000, warmup_iters=20, eval_interval=250, eval_iters=20, dtype="auto"),
+        description="the course speedrun's recipe (RECORDS.md); shakespeare-cpu's size",
+    ),
+    TrainPreset(
         model="nanogpt-cpu",
         train=dict(_NANOGPT, batch_size=12, max_iters=2000, lr_decay_iters=2000, eval_interval=250, eval_iters=20),
         description="nanoGPT's CPU recipe: 4 layers, 4 heads, width 128, block 64, batch 12, 2000 iters",
