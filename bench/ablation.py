@@ -24,7 +24,6 @@ import csv
 import json
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch

@@ -194,13 +194,17 @@ def train_run(recipe: Recipe, data: tuple, *, seed: int, budget_s: float | None 
 
 def markdown_row(res: dict[str, Any], machine: dict[str, Any], command: str) -> str:
     t = res["time_to_target_s"]
-    got = f"{res['target']} at {t:.0f} s (step {res['step_at_target']})" if t is not None else f"{res['target']} not reached"
+    got = f"{res['target']} not reached"
+    if t is not None:
+        got = f"{res['target']} at {t:.0f} s (step {res['step_at_target']})"
     parts = [got] + [f"{int(m) // 60} min: {res[f'val_at_{int(m)}s']}" for m in MARKS
                      if res.get(f"val_at_{int(m)}s") is not None]
-    parts.append(f"best {res['best_val_loss']} in {res['budget_s'] or res['steps']:g} {'s' if res['budget_s'] else 'steps'}")
+    span = f"{res['budget_s']:g} s" if res["budget_s"] else f"{res['steps']} steps"
+    parts.append(f"best {res['best_val_loss']} in {span} ({res['steps']} steps)")
     where = (f"{machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} threads, "
              f"load {machine['load_before']:.1f}->{machine['load_after']:.1f}")
-    return f"| {time.strftime('%Y-%m-%d')} | {res['recipe']} (seed {res['seed']}) | {where} | {'; '.join(parts)} | `{command}` |"
+    recipe = f"{res['recipe']} (seed {res['seed']})"
+    return f"| {time.strftime('%Y-%m-%d')} | {recipe} | {where} | {'; '.join(parts)} | `{command}` |"
 
 
 def main() -> None:
@@ -231,7 +235,8 @@ def main() -> None:
     for seed in args.seeds:
         machine = machine_info()
         load_before = os.getloadavg()[0]
-        print(f"{recipe.name}, seed {seed}, {'budget %g s' % budget if budget else '%d steps' % steps}, "
+        span = f"budget {budget:g} s" if budget else f"{steps} steps"
+        print(f"{recipe.name}, seed {seed}, {span}, "
               f"{torch.get_num_threads()} threads, load {load_before:.2f}", flush=True)
         res = train_run(recipe, data, seed=seed, budget_s=budget, steps=steps, eval_every=args.eval_every,
                         eval_steps=10 if args.quick else 0, target=args.target)
