@@ -122,6 +122,7 @@ class TransformerBlock(nn.Module):
         d_ff = 4 * d_model if d_ff is None else d_ff
         self.prenorm, self.causal = prenorm, causal
         self.ln_1 = make_norm(norm, d_model, bias, eps)
+        self.attn: MultiHeadAttention
         if qk_norm:
             self.attn = QKNormAttention(d_model, n_head, n_kv_head, bias=bias, dropout=dropout, eps=eps)
         else:
