@@ -116,7 +116,12 @@ def summarize(steps: int, base: str) -> None:
     base_mean = statistics.mean(r["final_val_loss"] for r in by_name["baseline"])
     base_cost = speed.get("costs", {}).get("baseline")
     for name in VARIANTS:
-        if name not in by_name:
+        if name not in by_name:  # timed for its step cost only
+            cost = speed.get("costs", {}).get(name)
+            if cost and base_cost:
+                rows.append({"variant": name, "change": VARIANTS[name][2], "seeds": "", "val_mean": "",
+                             "val_min": "", "val_max": "", "delta_vs_baseline": "",
+                             "step_cost_vs_baseline": round(cost / base_cost, 2), "params": ""})
             continue
         runs = sorted(by_name[name], key=lambda r: r["seed"])
         losses = [r["final_val_loss"] for r in runs]
@@ -133,10 +138,13 @@ def summarize(steps: int, base: str) -> None:
     lines = [f"Val loss on the whole validation split after {steps} steps of `{base}` with one change "
              f"(one thread; mean over seeds, [min, max]); step cost = median seconds per step relative to "
              f"the baseline, timed side by side in one process ({speed.get('machine', {}).get('cpu', '?')}, "
-             f"load {speed.get('machine', {}).get('load_avg_1min', '?')}).", "",
+             f"1-min load {round(speed.get('machine', {}).get('load_avg_1min') or 0, 1)}).", "",
              "| variant | change | seeds | val loss mean [min, max] | vs baseline | step cost | params |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
+        if r["seeds"] == "":
+            lines.append(f"| {r['variant']} | {r['change']} | - | not run | - | {r['step_cost_vs_baseline']}x | - |")
+            continue
         lines.append(f"| {r['variant']} | {r['change']} | {r['seeds']} | {r['val_mean']:.4f} "
                      f"[{r['val_min']:.4f}, {r['val_max']:.4f}] | {r['delta_vs_baseline']:+.4f} | "
                      f"{r['step_cost_vs_baseline'] or '-'}x | {r['params']:,} |")
