@@ -13,10 +13,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import KVCache, MultiHeadAttention, dropout
+from .positional import apply_rotary
 
-__all__ = ["ACTIVATIONS", "FeedForward", "RMSNorm", "make_norm", "TransformerBlock", "DecoderBlock"]
+__all__ = ["ACTIVATIONS", "FeedForward", "RMSNorm", "make_norm", "QKNormAttention", "TransformerBlock", "DecoderBlock"]
 
-ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu", "relu2")
 
 
 class FeedForward(nn.Module):
@@ -24,6 +25,7 @@ class FeedForward(nn.Module):
 
     ``swiglu`` (Shazeer, 2020) computes silu(x W_gate) * (x W_up); its two input projections are fused
     in ``c_fc``. ``gelu_tanh`` is GPT-2's approximation, needed for exact parity with its weights.
+    ``relu2`` is relu(h)**2 (So et al., 2021, "Primer"), cheap on a CPU and used by speedrun recipes.
     """
 
     def __init__(
@@ -45,6 +47,8 @@ class FeedForward(nn.Module):
             h = F.silu(gate) * up
         elif self.activation == "relu":
             h = F.relu(h)
+        elif self.activation == "relu2":
+            h = F.relu(h).square()
         elif self.activation == "gelu":
             h = F.gelu(h)
         else:
@@ -75,6 +79,27 @@ def make_norm(kind: str, d: int, bias: bool = True, eps: float = 1e-5) -> nn.Mod
     raise ValueError(f"unknown norm {kind!r}; choose 'layernorm' or 'rmsnorm'")
 
 
+class QKNormAttention(MultiHeadAttention):
+    """Self-attention whose queries and keys are RMS-normalised per head, before RoPE (QK-norm).
+
+    Each head's q and k get unit root-mean-square times a learned gain (``q_norm``, ``k_norm``, one
+    per channel), so attention logits q.k / sqrt(hs) stay bounded however large the projections grow:
+    the fix for the logit growth that makes high learning rates unstable (Dehghani et al., 2023).
+    """
+
+    def __init__(self, d_model: int, n_head: int, n_kv_head: int | None = None, bias: bool = True,
+                 dropout: float = 0.0, eps: float = 1e-5) -> None:
+        super().__init__(d_model, n_head, n_kv_head, bias=bias, dropout=dropout)
+        self.q_norm, self.k_norm = RMSNorm(self.head_size, eps), RMSNorm(self.head_size, eps)
+
+    def _project(self, x: torch.Tensor, context: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor] | None):
+        q, k, v = super()._project(x, context, None)  # (B, heads, T, hs) each, not rotated yet
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        return q, k, v
+
+
 class TransformerBlock(nn.Module):
     """Self-attention + feed-forward with residuals; causal for decoders, bidirectional for encoders."""
 
@@ -91,12 +116,17 @@ class TransformerBlock(nn.Module):
         causal: bool = False,
         n_kv_head: int | None = None,
         eps: float = 1e-5,
+        qk_norm: bool = False,
     ) -> None:
         super().__init__()
         d_ff = 4 * d_model if d_ff is None else d_ff
         self.prenorm, self.causal = prenorm, causal
         self.ln_1 = make_norm(norm, d_model, bias, eps)
-        self.attn = MultiHeadAttention(d_model, n_head, n_kv_head, bias=bias, dropout=dropout)
+        self.attn: MultiHeadAttention
+        if qk_norm:
+            self.attn = QKNormAttention(d_model, n_head, n_kv_head, bias=bias, dropout=dropout, eps=eps)
+        else:
+            self.attn = MultiHeadAttention(d_model, n_head, n_kv_head, bias=bias, dropout=dropout)
         self.ln_2 = make_norm(norm, d_model, bias, eps)
         self.mlp = FeedForward(d_model, d_ff, activation, dropout, bias)
 

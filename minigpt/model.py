@@ -46,6 +46,8 @@ class GPTConfig:
     tie_weights: bool = True  # share the token embedding with the output layer (saves V * C params)
     layer_norm_eps: float = 1e-5  # epsilon inside the norms
     rope_base: float = 10000.0  # RoPE frequency base
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys (blocks.QKNormAttention)
+    logit_softcap: float | None = None  # logits -> cap * tanh(logits / cap); None = off (Gemma 2)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "d_ff", "n_kv_head"):
@@ -54,13 +56,16 @@ class GPTConfig:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
-        for name in ("bias", "prenorm", "tie_weights"):
+        for name in ("bias", "prenorm", "tie_weights", "qk_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GPTConfig.{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("layer_norm_eps", "rope_base"):  # both > 0 and finite, or the forward pass is NaN
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < math.inf:
                 raise ValueError(f"GPTConfig.{name} must be a finite number > 0, got {value!r}")
+        cap = self.logit_softcap
+        if cap is not None and (not isinstance(cap, int | float) or isinstance(cap, bool) or not 0 < cap < math.inf):
+            raise ValueError(f"GPTConfig.logit_softcap must be None or a finite number > 0, got {cap!r}")
         if self.n_embd % self.n_head != 0:
             divisors = [h for h in range(1, self.n_embd + 1) if self.n_embd % h == 0 and h <= 64]
             raise ValueError(
@@ -119,6 +124,10 @@ PRESETS: dict[str, GPTConfig] = {
     # on a CPU). Measurements: README.md, Benchmarks.
     "shakespeare-cpu": GPTConfig(vocab_size=65, block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0,
                                  position="rope", activation="gelu"),
+    # The course speedrun's recipe (bench/speedrun.py, RECORDS.md): the default's shape with the opt-in
+    # ingredients that measured better per second of CPU time (bench/ablation.md).
+    "speedrun-cpu": GPTConfig(vocab_size=65, block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0,
+                              position="rope", activation="gelu"),
     # nanoGPT's published CPU recipe (README "I only have a macbook"): 4 layers, 4 heads, width 128, block 64,
     # and nanoGPT's model: no biases (its train.py default), exact GELU.
     "nanogpt-cpu": GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0,
@@ -173,7 +182,7 @@ class GPT(nn.Module):
         self.transformer["h"] = nn.ModuleList(
             TransformerBlock(
                 c.n_embd, c.n_head, c.d_ff, c.dropout, c.activation, c.norm, c.prenorm, c.bias,
-                causal=True, n_kv_head=c.n_kv_head, eps=c.layer_norm_eps,
+                causal=True, n_kv_head=c.n_kv_head, eps=c.layer_norm_eps, qk_norm=c.qk_norm,
             )
             for _ in range(c.n_layer)
         )
@@ -240,6 +249,11 @@ class GPT(nn.Module):
         rope = self.rope(idx.size(1), offset) if self.rope is not None else None
         return dropout(self.transformer.drop, x), rope
 
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(x)
+        cap = self.config.logit_softcap
+        return logits if cap is None else cap * torch.tanh(logits / cap)  # smooth clamp to (-cap, cap)
+
     def forward(
         self,
         idx: torch.Tensor,
@@ -263,7 +277,7 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if last_only:
             x = x[:, -1:, :]
-        logits = self.lm_head(x)  # (B, T, V)
+        logits = self._head(x)  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
@@ -277,7 +291,7 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x, w = block(x, rope=rope, need_weights=True)
             weights.append(w)
-        return self.lm_head(self.transformer.ln_f(x)), weights
+        return self._head(self.transformer.ln_f(x)), weights
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, **kwargs: Any) -> torch.Tensor:

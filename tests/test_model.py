@@ -25,6 +25,7 @@ def test_gpt2_preset_has_hugging_faces_parameter_count():
 @pytest.mark.parametrize("variant", [
     {}, {"position": "rope"}, {"position": "sinusoidal"}, {"n_kv_head": 2}, {"prenorm": False},
     {"norm": "rmsnorm", "activation": "swiglu", "bias": False},
+    {"position": "rope", "qk_norm": True, "activation": "relu2", "logit_softcap": 10.0, "tie_weights": False},
 ])
 def test_future_tokens_never_change_earlier_logits(variant):
     torch.manual_seed(0)
@@ -158,3 +159,75 @@ def test_non_embedding_count_leaves_out_the_position_table():
     model = GPT(tiny())
     assert model.num_params() - model.num_params(non_embedding=True) == 16 * 32
     assert GPT(tiny(position="rope")).num_params(non_embedding=True) == GPT(tiny(position="rope")).num_params()
+
+
+# ---------------------------------------------------------------------------- speedrun options (default off)
+
+
+def test_speedrun_options_default_off_leave_the_model_unchanged():
+    cfg = tiny(position="rope")
+    assert (cfg.qk_norm, cfg.logit_softcap) == (False, None)
+    torch.manual_seed(0)
+    old = GPT(cfg)
+    torch.manual_seed(0)
+    same = GPT(tiny(position="rope", qk_norm=False, logit_softcap=None))
+    assert list(old.state_dict()) == list(same.state_dict())  # no new parameters, same names and order
+    assert not any("q_norm" in k for k in old.state_dict())
+    x = torch.randint(0, 31, (2, 12))
+    torch.testing.assert_close(old(x)[0], same(x)[0], rtol=0, atol=0)
+
+
+def test_qk_norm_matches_a_hand_computation():
+    from minigpt.blocks import QKNormAttention
+
+    torch.manual_seed(0)
+    attn = QKNormAttention(d_model=8, n_head=2).eval()
+    with torch.no_grad():
+        attn.q_norm.weight.uniform_(0.5, 2.0)
+        attn.k_norm.weight.uniform_(0.5, 2.0)
+    x = torch.randn(1, 5, 8)
+    y, _ = attn(x, causal=True)
+    q, k, v = attn.c_attn(x).split(8, dim=-1)  # (1, 5, 8) each; head h is channels 4h..4h+3
+    heads = []
+    for h in range(2):
+        qh, kh, vh = (t[0, :, 4 * h:4 * h + 4] for t in (q, k, v))  # (5, 4)
+        qh = qh / torch.sqrt(qh.pow(2).mean(-1, keepdim=True) + 1e-5) * attn.q_norm.weight
+        kh = kh / torch.sqrt(kh.pow(2).mean(-1, keepdim=True) + 1e-5) * attn.k_norm.weight
+        scores = qh @ kh.T / 2.0  # sqrt(head size 4)
+        scores = scores.masked_fill(torch.triu(torch.ones(5, 5, dtype=torch.bool), 1), float("-inf"))
+        heads.append(torch.softmax(scores, -1) @ vh)
+    torch.testing.assert_close(y, attn.c_proj(torch.cat(heads, -1))[None], atol=1e-5, rtol=1e-4)
+
+
+def test_qk_norm_bounds_the_attention_logits_and_keeps_the_kv_cache_exact():
+    torch.manual_seed(0)
+    model = GPT(tiny(position="rope", qk_norm=True)).eval()
+    with torch.no_grad():  # blow up the projections: without QK-norm the logits would grow 1000x
+        for block in model.transformer.h:
+            block.attn.c_attn.weight.mul_(1000)
+    _, weights = model.forward_with_attention(torch.randint(0, 31, (1, 9)))
+    assert all(torch.isfinite(w).all() for w in weights)
+    x = torch.randint(0, 31, (2, 11))
+    cache = model.new_kv_cache(2)
+    parts = [model(chunk, kv_cache=cache)[0] for chunk in (x[:, :4], x[:, 4:11])]
+    torch.testing.assert_close(torch.cat(parts, dim=1), model(x)[0], atol=1e-4, rtol=1e-4)
+
+
+def test_relu2_and_logit_softcap_are_what_they_say():
+    from minigpt.blocks import FeedForward
+
+    torch.manual_seed(0)
+    ff = FeedForward(6, 10, activation="relu2")
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(ff(x), ff.c_proj(torch.relu(ff.c_fc(x)) ** 2))
+    torch.manual_seed(0)
+    plain = GPT(tiny())
+    capped = GPT(tiny(logit_softcap=2.0))
+    capped.load_state_dict(plain.state_dict())  # a cap adds no parameters
+    x = torch.randint(0, 31, (2, 8))
+    raw, capped_logits = plain(x)[0], capped(x)[0]
+    torch.testing.assert_close(capped_logits, 2.0 * torch.tanh(raw / 2.0))
+    assert capped_logits.abs().max() < 2.0
+    for bad in (dict(logit_softcap=0.0), dict(logit_softcap=float("inf")), dict(qk_norm="yes")):
+        with pytest.raises(ValueError, match="logit_softcap|qk_norm"):
+            tiny(**bad)

@@ -430,3 +430,24 @@ def test_one_parameter_counter_and_one_preset_name():
     n_wte = model.transformer.wte.weight.numel()
     assert count_parameters(model) == (model.num_params() - n_wte, model.num_params())
     assert all(name == p.model and name in PRESETS for name, p in TRAIN_PRESETS.items())
+
+
+def test_speedrun_preset_builds_and_trains_a_few_steps_and_leaves_the_others_alone():
+    from minigpt.model import GPT
+    from minigpt.presets import get_preset
+
+    preset = get_preset("speedrun-cpu")
+    torch.manual_seed(0)
+    model = GPT(preset.model_config())
+    data = torch.randint(0, 65, (4000,))
+    cfg = preset.train_config(max_iters=3, batch_size=2, eval_interval=0, out_dir=None, progress=False,
+                              device="cpu", log_interval=1)
+    from minigpt.train import lm_batches
+
+    history = Trainer(model, lm_batches(data[:3000], data[3000:], model.config.block_size, 2), cfg).fit()
+    losses = [r["train_loss"] for r in history.rows if r.get("train_loss") is not None]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert set(preset.speedrun) <= {"seq_warmup", "cooldown"}  # the knobs bench/speedrun.py reads
+    default = get_preset("shakespeare-cpu")  # the default preset keeps its recipe and model
+    assert (default.train_config().lr, default.train_config().optimizer, default.speedrun) == (1e-2, "muon", {})
+    assert not (default.model_config().qk_norm or default.model_config().logit_softcap)
