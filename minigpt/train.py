@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import gc
 import logging
 import math
 import os
@@ -743,7 +744,10 @@ class Trainer:
         return bool(self.callback(TrainEvent(kind, self.step, metrics, self.history, self)))
 
     def close(self) -> None:
-        """Leave the process group if this trainer created it."""
+        """Leave the process group if this trainer created it (the DDP wrapper goes first)."""
+        if self.dist.enabled:
+            self.train_model = self.model  # DDP's reducer holds the group: free it while the group is alive
+            gc.collect()
         cleanup_distributed(self.dist)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -53,8 +54,22 @@ def setup_distributed(device: str = "auto") -> DistInfo:
 
 
 def cleanup_distributed(info: DistInfo) -> None:
-    if info.owns_group and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group this process created, once every rank got here.
+
+    The barrier lets gloo finish its pending collectives first: a group torn down (or garbage-collected
+    with the DDP wrapper at exit) while its worker thread still holds work can deadlock on the GIL, so a
+    finished torchrun run would never exit. A rank that does not arrive within a minute (it crashed)
+    is not waited for."""
+    if not (info.owns_group and dist.is_initialized()):
+        return
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=timedelta(seconds=60))
+        else:
+            dist.barrier()
+    except RuntimeError:  # another rank is gone: leave anyway
+        pass
+    dist.destroy_process_group()
 
 
 def all_mean(info: DistInfo, value: torch.Tensor) -> torch.Tensor:
