@@ -12,6 +12,7 @@ time to a loss = steps needed x (baseline seconds per step on your machine) x th
     python bench/ablation.py --steps 600 --seeds 1 2 3 --variants baseline qk_norm
     python bench/ablation.py --speed                                   # relative step cost (~2 min)
     python bench/ablation.py --summarize                               # bench/ablation.md + .csv
+    python bench/ablation.py --steps 3000 --variants baseline ctx256   # a longer horizon (own .md/.csv)
 
 Each run writes bench/results/ablation/<variant>-s<seed>-<steps>.json; --summarize reads them all
 and writes the committed table bench/ablation.md and the numbers bench/ablation.csv.
@@ -40,6 +41,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
     "softcap15": ({"logit_softcap": 15.0}, {}, "logits -> 15 tanh(logits / 15)"),
     "wsd": ({}, {"cooldown": 0.4}, "warmup-stable-decay: peak lr, then linear to 0 over the last 40%"),
     "seq_warmup": ({}, {"seq_warmup": 0.3}, "training window grows 32 -> 128 over the first 30%"),
+    "ctx256": ({"block_size": 256}, {"batch_size": 4},
+               "block 256, 4 sequences per step (the same 1024 tokens): longer context to train and evaluate with"),
     "lr2x": ({}, {"lr": 2e-2}, "peak lr 2e-2 instead of 1e-2"),
     "batch16": ({}, {"batch_size": 16}, "16 sequences per step instead of 8"),
     "wide192": ({"n_embd": 192, "n_head": 6}, {}, "width 192, 6 heads (head size 32)"),
@@ -47,6 +50,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
     "bf16": ({}, {"dtype": "bfloat16"}, "bf16 autocast on the CPU"),
 }
 OUT = RESULTS / "ablation"
+DEFAULT_STEPS = 600
 
 
 def recipe(name: str, extra_model: dict[str, Any] | None = None, extra_train: dict[str, Any] | None = None,
@@ -116,7 +120,9 @@ def summarize(steps: int, base: str) -> None:
     base_mean = statistics.mean(r["final_val_loss"] for r in by_name["baseline"])
     base_cost = speed.get("costs", {}).get("baseline")
     for name in VARIANTS:
-        if name not in by_name:  # timed for its step cost only
+        if name not in by_name:  # timed for its step cost only (listed in the main table)
+            if steps != DEFAULT_STEPS:
+                continue
             cost = speed.get("costs", {}).get(name)
             if cost and base_cost:
                 rows.append({"variant": name, "change": VARIANTS[name][2], "seeds": "", "val_mean": "",
@@ -131,7 +137,9 @@ def summarize(steps: int, base: str) -> None:
                      "delta_vs_baseline": round(statistics.mean(losses) - base_mean, 4),
                      "step_cost_vs_baseline": round(cost / base_cost, 2) if cost and base_cost else "",
                      "params": runs[0]["params"]})
-    with open(ROOT / "bench" / "ablation.csv", "w", newline="") as f:
+    # the main table is the 600-step one; a longer horizon gets its own pair of files
+    stem = ROOT / "bench" / ("ablation" if steps == DEFAULT_STEPS else f"ablation-{steps}-steps")
+    with open(stem.with_suffix(".csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -148,15 +156,17 @@ def summarize(steps: int, base: str) -> None:
         lines.append(f"| {r['variant']} | {r['change']} | {r['seeds']} | {r['val_mean']:.4f} "
                      f"[{r['val_min']:.4f}, {r['val_max']:.4f}] | {r['delta_vs_baseline']:+.4f} | "
                      f"{r['step_cost_vs_baseline'] or '-'}x | {r['params']:,} |")
-    lines += ["", f"Made by: `python bench/ablation.py --steps {steps} --seeds 1 2 3 && python bench/ablation.py "
-              f"--speed && python bench/ablation.py --summarize --steps {steps}`"]
-    (ROOT / "bench" / "ablation.md").write_text("\n".join(lines) + "\n")
+    names = " ".join(by_name) if steps != DEFAULT_STEPS else ""
+    lines += ["", f"Made by: `python bench/ablation.py --steps {steps} --seeds 1 2 3"
+              f"{' --variants ' + names if names else ''} && python bench/ablation.py --speed && "
+              f"python bench/ablation.py --summarize --steps {steps}`"]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--base", default=BASE, help="the preset every variant changes")
