@@ -37,8 +37,8 @@ def select(names: list[str]) -> list[Path]:
     every = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     if not names:
         return every
-    picked = [p for p in every if any(p.name.startswith(n) or p.stem == n for n in names)]
-    missing = [n for n in names if not any(p.name.startswith(n) or p.stem == n for p in every)]
+    picked = [p for p in every if any(p.name.startswith(n) for n in names)]  # "07", "07_char..." or the stem
+    missing = [n for n in names if not any(p.name.startswith(n) for p in every)]
     if missing:
         raise SystemExit(f"no notebook matches {missing}; available: {', '.join(p.stem for p in every)}")
     return picked

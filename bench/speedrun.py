@@ -61,7 +61,7 @@ class Recipe:
         from minigpt.presets import get_preset
 
         preset = get_preset(self.preset)
-        extra = {**preset.speedrun, **{k: v for k, v in self.train_args.items() if k in SPEEDRUN_KNOBS}}
+        extra = {k: v for k, v in self.train_args.items() if k in SPEEDRUN_KNOBS}
         train_args = {k: v for k, v in self.train_args.items() if k not in SPEEDRUN_KNOBS}
         mcfg = preset.model_config(vocab_size=vocab_size, **self.model_args)
         tcfg = preset.train_config(out_dir=None, progress=False, device="cpu", **train_args)
@@ -73,7 +73,7 @@ class Recipe:
         return " ".join([self.preset, *args])
 
 
-# speedrun knobs a preset may set in TrainPreset.speedrun (or --train-arg): `seq_warmup`, the fraction
+# speedrun knobs, given with --train-arg (no preset sets one): `seq_warmup`, the fraction
 # of the run over which the training window grows from 1/4 of block_size to all of it; `cooldown`, a
 # warmup-stable-decay schedule: the peak rate until the last `cooldown` fraction, then linear to min_lr
 SPEEDRUN_KNOBS = ("seq_warmup", "cooldown")

@@ -125,7 +125,7 @@ PRESETS: dict[str, GPTConfig] = {
     "shakespeare-cpu": GPTConfig(vocab_size=65, block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0,
                                  position="rope", activation="gelu"),
     # The course speedrun's recipe (bench/speedrun.py, RECORDS.md): the default's width and depth with twice
-    # its context, which measured better per second of CPU time (bench/ablation.md, RECORDS.md).
+    # its context, which measured better over a long run and against the clock (bench/ablation-3000-steps.md).
     "speedrun-cpu": GPTConfig(vocab_size=65, block_size=256, n_layer=4, n_head=4, n_embd=128, dropout=0.0,
                               position="rope", activation="gelu"),
     # nanoGPT's published CPU recipe (README "I only have a macbook"): 4 layers, 4 heads, width 128, block 64,

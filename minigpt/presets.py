@@ -33,7 +33,6 @@ class TrainPreset:
     model: str  # key of minigpt.model.PRESETS, and of TRAIN_PRESETS
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields that differ from the defaults
     description: str = ""  # one line for `minigpt train --help`
-    speedrun: dict[str, Any] = field(default_factory=dict)  # knobs only bench/speedrun.py reads (seq_warmup)
 
     def model_config(self, **overrides: Any) -> GPTConfig:
         return GPTConfig.from_preset(self.model, **overrides)
