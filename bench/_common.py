@@ -50,8 +50,19 @@ def machine_info() -> dict[str, Any]:
         load = None
     return {
         "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "cpu_bf16_matmul": cpu_has_bf16_matmul(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "python": platform.python_version(), "load_avg_1min": load, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """True when this CPU multiplies bf16 matrices in hardware (Intel AMX tiles or AVX-512 BF16).
+
+    bf16 autocast pays on a CPU only then; elsewhere the casts cost more than the matmuls save.
+    torch has no public query for it yet, so this reads its private one and says False if it moves.
+    """
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
 def maxrss_mib() -> float:

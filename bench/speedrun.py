@@ -42,7 +42,7 @@ import time
 from typing import Any
 
 import torch
-from _common import machine_info, shakespeare_ids, write_json
+from _common import cpu_has_bf16_matmul, machine_info, shakespeare_ids, write_json
 from time_to_loss import _parse_kv
 
 TARGET = 1.47  # nanoGPT's shakespeare-char val loss after ~3 minutes on an A100
@@ -75,8 +75,11 @@ class Recipe:
 
 # speedrun knobs, given with --train-arg (no preset sets one): `seq_warmup`, the fraction
 # of the run over which the training window grows from 1/4 of block_size to all of it; `cooldown`, a
-# warmup-stable-decay schedule: the peak rate until the last `cooldown` fraction, then linear to min_lr
-SPEEDRUN_KNOBS = ("seq_warmup", "cooldown")
+# warmup-stable-decay schedule: the peak rate until the last `cooldown` fraction, then linear to min_lr;
+# `attn_dropout`, the dropout on attention weights when it should differ from the model's `dropout`
+# (which then acts on the residual branches only): on a CPU any attention dropout moves
+# scaled_dot_product_attention off its fused kernel, and a step costs about twice as much
+SPEEDRUN_KNOBS = ("seq_warmup", "cooldown", "attn_dropout")
 
 
 def lr_at_progress(tcfg: Any, step: int, progress: float, cooldown: float | None = None) -> float:
@@ -125,8 +128,12 @@ def full_val_loss(model: torch.nn.Module, val: torch.Tensor, block_size: int, ba
 
 def train_run(recipe: Recipe, data: tuple, *, seed: int, budget_s: float | None = None, steps: int | None = None,
               eval_every: float = 15.0, eval_steps: int = 0, target: float = TARGET, stop_at: float | None = None,
-              verbose: bool = True) -> dict[str, Any]:
-    """One speedrun (with `budget_s`) or a fixed-step run (with `steps`); returns the evaluations."""
+              train_loss: bool = False, verbose: bool = True) -> dict[str, Any]:
+    """One speedrun (with `budget_s`) or a fixed-step run (with `steps`); returns the evaluations.
+
+    `train_loss` also measures each evaluation's loss on the last stretch of the training split, as long
+    as the validation split and windowed the same way: the gap between the two shows when a run overfits.
+    """
     from minigpt.data import get_batch
     from minigpt.device import autocast, autocast_dtype
     from minigpt.model import GPT
@@ -138,6 +145,9 @@ def train_run(recipe: Recipe, data: tuple, *, seed: int, budget_s: float | None 
     mcfg, tcfg, extra = recipe.configs(tok.vocab_size)
     torch.manual_seed(seed)
     model = GPT(mcfg)
+    if "attn_dropout" in extra:
+        for block in model.transformer.h:
+            block.attn.dropout = float(extra["attn_dropout"])
     device = torch.device("cpu")
     opt = configure_optimizer(model, tcfg, device)
     dtype = autocast_dtype(device, None if tcfg.dtype == "auto" else tcfg.dtype)
@@ -150,8 +160,12 @@ def train_run(recipe: Recipe, data: tuple, *, seed: int, budget_s: float | None 
     def evaluate() -> None:
         loss = full_val_loss(model, val, mcfg.block_size)
         evals.append({"step": step, "time_s": round(clock, 2), "val_loss": round(loss, 4)})
+        seen = ""
+        if train_loss:
+            evals[-1]["train_loss"] = round(full_val_loss(model, train[-len(val):], mcfg.block_size), 4)
+            seen = f"  train {evals[-1]['train_loss']:.4f}"
         if verbose:
-            print(f"  step {step:6d}  {clock:7.1f} s  val {loss:.4f}", flush=True)
+            print(f"  step {step:6d}  {clock:7.1f} s  val {loss:.4f}{seen}", flush=True)
 
     while True:
         progress = clock / budget_s if budget_s else step / steps  # type: ignore[operator]
@@ -201,7 +215,8 @@ def markdown_row(res: dict[str, Any], machine: dict[str, Any], command: str) -> 
                      if res.get(f"val_at_{int(m)}s") is not None]
     span = f"{res['budget_s']:g} s" if res["budget_s"] else f"{res['steps']} steps"
     parts.append(f"best {res['best_val_loss']} in {span} ({res['steps']} steps)")
-    where = (f"{machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} threads, "
+    units = ", bf16 matmul units" if machine.get("cpu_bf16_matmul") else ""
+    where = (f"{machine['cpu']}, {machine['cores']} cores{units}, {machine['torch_threads']} threads, "
              f"load {machine['load_before']:.1f}->{machine['load_after']:.1f}")
     recipe = f"{res['recipe']} (seed {res['seed']})"
     return f"| {time.strftime('%Y-%m-%d')} | {recipe} | {where} | {'; '.join(parts)} | `{command}` |"
@@ -219,6 +234,8 @@ def main() -> None:
     ap.add_argument("--model-arg", nargs="*", default=[], metavar="FIELD=VALUE", help="GPTConfig overrides")
     ap.add_argument("--train-arg", nargs="*", default=[], metavar="FIELD=VALUE",
                     help=f"TrainConfig overrides, or a speedrun knob: {', '.join(SPEEDRUN_KNOBS)}")
+    ap.add_argument("--train-loss", action="store_true",
+                    help="also measure the loss on as much training text as the validation split (overfitting)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 30 steps of a tiny model")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -228,6 +245,9 @@ def main() -> None:
         recipe.model_args = {"n_layer": 1, "n_embd": 32, "n_head": 2, "block_size": 32, **recipe.model_args}
         recipe.train_args = {"batch_size": 4, "warmup_iters": 2, **recipe.train_args}
         budget, steps = None, 30
+    if recipe.train_args.get("dtype") in ("bfloat16", "bf16") and not cpu_has_bf16_matmul():
+        print("note: this CPU has no bf16 matrix units (AMX or AVX-512 BF16), so bf16 autocast is likely "
+              "slower than float32 here; compare both before you submit a record", flush=True)
     data = shakespeare_ids()
     if args.quick:  # a slice of the validation split keeps the smoke run short
         data = (data[0], data[1][:4096], data[2])
@@ -239,7 +259,8 @@ def main() -> None:
         print(f"{recipe.name}, seed {seed}, {span}, "
               f"{torch.get_num_threads()} threads, load {load_before:.2f}", flush=True)
         res = train_run(recipe, data, seed=seed, budget_s=budget, steps=steps, eval_every=args.eval_every,
-                        eval_steps=10 if args.quick else 0, target=args.target)
+                        eval_steps=10 if args.quick else 0, target=args.target,
+                        train_loss=args.train_loss)
         machine.update(load_before=load_before, load_after=os.getloadavg()[0])
         path = write_json(f"speedrun-{args.recipe}", {**res, "machine": machine, "command": command})
         print("| date | recipe | machine | result | command |\n|---|---|---|---|---|")
