@@ -126,6 +126,20 @@ def full_val_loss(model: torch.nn.Module, val: torch.Tensor, block_size: int, ba
     return total / count
 
 
+def build_model(mcfg: Any, extra: dict[str, Any]) -> torch.nn.Module:
+    """The recipe's GPT, with the `attn_dropout` knob applied to every attention layer."""
+    from minigpt.model import GPT
+
+    model = GPT(mcfg)
+    if "attn_dropout" in extra:
+        p = float(extra["attn_dropout"])
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"attn_dropout must be in [0, 1), got {p}")
+        for block in model.transformer.h:
+            block.attn.dropout = p
+    return model
+
+
 def train_run(recipe: Recipe, data: tuple, *, seed: int, budget_s: float | None = None, steps: int | None = None,
               eval_every: float = 15.0, eval_steps: int = 0, target: float = TARGET, stop_at: float | None = None,
               train_loss: bool = False, verbose: bool = True) -> dict[str, Any]:
@@ -136,7 +150,6 @@ def train_run(recipe: Recipe, data: tuple, *, seed: int, budget_s: float | None 
     """
     from minigpt.data import get_batch
     from minigpt.device import autocast, autocast_dtype
-    from minigpt.model import GPT
     from minigpt.train import configure_optimizer
 
     if (budget_s is None) == (steps is None):
@@ -144,10 +157,7 @@ def train_run(recipe: Recipe, data: tuple, *, seed: int, budget_s: float | None 
     train, val, tok = data
     mcfg, tcfg, extra = recipe.configs(tok.vocab_size)
     torch.manual_seed(seed)
-    model = GPT(mcfg)
-    if "attn_dropout" in extra:
-        for block in model.transformer.h:
-            block.attn.dropout = float(extra["attn_dropout"])
+    model = build_model(mcfg, extra)
     device = torch.device("cpu")
     opt = configure_optimizer(model, tcfg, device)
     dtype = autocast_dtype(device, None if tcfg.dtype == "auto" else tcfg.dtype)

@@ -26,7 +26,7 @@ def test_full_val_loss_predicts_every_token_after_the_first_once():
         logits, _ = model(x[None])
         expected.append(torch.nn.functional.cross_entropy(logits[0], y, reduction="sum"))
     got = speedrun.full_val_loss(model, val, 8, batch=2)
-    assert math.isclose(got, float(sum(expected)) / 29, rel_tol=1e-5)
+    assert math.isclose(got, float(sum(expected).detach()) / 29, rel_tol=1e-5)
 
 
 def test_schedule_runs_on_progress_and_the_window_grows():
@@ -51,3 +51,45 @@ def test_quick_smoke_run_prints_a_records_row(tmp_path):
     row = [ln for ln in out.stdout.splitlines() if ln.startswith("| 20")]
     assert len(row) == 1 and "seed 1337" in row[0] and "1 threads" in row[0] and "bench/speedrun.py --quick" in row[0]
     assert time.perf_counter() - t0 < 120
+
+
+def test_attn_dropout_knob_drops_attention_weights_only():
+    from minigpt.model import GPTConfig
+
+    cfg = GPTConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.1)
+    model = speedrun.build_model(cfg, {"attn_dropout": 0.0})
+    assert [b.attn.dropout for b in model.transformer.h] == [0.0, 0.0]
+    assert all(m.p == 0.1 for m in model.modules() if isinstance(m, torch.nn.Dropout))  # residual branches keep it
+    # no knob: the model's own dropout everywhere
+    assert [b.attn.dropout for b in speedrun.build_model(cfg, {}).transformer.h] == [0.1, 0.1]
+    # with dropout off everywhere, two training-mode passes agree: nothing random is left
+    off = speedrun.build_model(GPTConfig(**{**cfg.to_dict(), "dropout": 0.0}), {"attn_dropout": 0.0})
+    x = torch.randint(0, 11, (2, 16))
+    assert torch.equal(off(x)[0], off(x)[0])
+    with pytest.raises(ValueError, match="attn_dropout"):
+        speedrun.build_model(cfg, {"attn_dropout": 1.5})
+
+
+def test_train_loss_is_the_windowed_loss_on_the_end_of_the_training_split():
+    from minigpt.tokenizer import CharTokenizer
+
+    text = "to be or not to be, that is the question. " * 40
+    tok = CharTokenizer.from_text(text)
+    ids = torch.tensor(tok.encode(text), dtype=torch.long)
+    train, val = ids[:1400], ids[1400:]
+    recipe = speedrun.Recipe("speedrun-cpu", {"n_layer": 1, "n_embd": 16, "n_head": 2, "block_size": 16},
+                             {"batch_size": 2, "warmup_iters": 1})
+    res = speedrun.train_run(recipe, (train, val, tok), seed=0, steps=4, eval_steps=2, train_loss=True,
+                             verbose=False)
+    assert [e["step"] for e in res["evals"]] == [2, 4]
+    assert all("train_loss" in e and math.isfinite(e["train_loss"]) for e in res["evals"])
+    plain = speedrun.train_run(recipe, (train, val, tok), seed=0, steps=4, eval_steps=2, verbose=False)
+    assert "train_loss" not in plain["evals"][0]
+    assert [e["val_loss"] for e in plain["evals"]] == [e["val_loss"] for e in res["evals"]]  # measuring changes nothing
+
+
+def test_bf16_matmul_probe_answers_a_bool():
+    from _common import cpu_has_bf16_matmul, machine_info
+
+    assert isinstance(cpu_has_bf16_matmul(), bool)
+    assert machine_info()["cpu_bf16_matmul"] is cpu_has_bf16_matmul()
