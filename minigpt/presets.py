@@ -62,8 +62,8 @@ _RECIPES = (
         # per step (the same 1024 tokens per step). The longer context is the gain: the model sees more of
         # each line's past in training and in the evaluation's 256-token windows (bench/ablation-3000-steps.md).
         # A sequence-length warm-up (speedrun knob seq_warmup) measured worse, per step and against the clock.
-        # dtype stays "auto" (fp32 on a CPU): bf16 autocast gave 1.2-1.3x more steps on a CPU with AMX, but it is
-        # slower on one without bf16 matrix units, so records add it with --train-arg dtype=bfloat16.
+        # dtype stays "auto" (fp32 on a CPU): bf16 autocast gave 1.2-1.3x more steps on a CPU with AMX, but a CPU
+        # without bf16 matrix units is expected to lose by it, so records add it with --train-arg dtype=bfloat16.
         train=dict(_NANOGPT, optimizer="muon", lr=1e-2, min_lr=0.0, schedule="linear", batch_size=4,
                    max_iters=8000, warmup_iters=20, eval_interval=250, eval_iters=20, dtype="auto"),
         description="the course speedrun's recipe (RECORDS.md): shakespeare-cpu with context 256, 4 sequences per step",
