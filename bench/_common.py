@@ -58,8 +58,9 @@ def machine_info() -> dict[str, Any]:
 def cpu_has_bf16_matmul() -> bool:
     """True when this CPU multiplies bf16 matrices in hardware (Intel AMX tiles or AVX-512 BF16).
 
-    bf16 autocast pays on a CPU only then; elsewhere the casts cost more than the matmuls save.
-    torch has no public query for it yet, so this reads its private one and says False if it moves.
+    Only such a CPU can gain from bf16 autocast (on the Xeon of RECORDS.md it did with 256-token windows and
+    did not with 128-token ones). torch has no public query for it yet, so this reads its private ones and
+    says False if they move.
     """
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)

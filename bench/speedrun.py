@@ -255,7 +255,7 @@ def main() -> None:
         recipe.model_args = {"n_layer": 1, "n_embd": 32, "n_head": 2, "block_size": 32, **recipe.model_args}
         recipe.train_args = {"batch_size": 4, "warmup_iters": 2, **recipe.train_args}
         budget, steps = None, 30
-    if recipe.train_args.get("dtype") in ("bfloat16", "bf16") and not cpu_has_bf16_matmul():
+    if recipe.train_args.get("dtype") == "bfloat16" and not cpu_has_bf16_matmul():
         print("note: this CPU has no bf16 matrix units (AMX or AVX-512 BF16), so bf16 autocast is likely "
               "slower than float32 here; compare both before you submit a record", flush=True)
     data = shakespeare_ids()

@@ -88,8 +88,29 @@ def test_train_loss_is_the_windowed_loss_on_the_end_of_the_training_split():
     assert [e["val_loss"] for e in plain["evals"]] == [e["val_loss"] for e in res["evals"]]  # measuring changes nothing
 
 
-def test_bf16_matmul_probe_answers_a_bool():
+@pytest.mark.parametrize("amx, avx512_bf16, expected",
+                         [(False, False, False), (True, False, True), (False, True, True)])
+def test_bf16_matmul_probe_reads_both_of_torchs_probes(monkeypatch, amx, avx512_bf16, expected):
     from _common import cpu_has_bf16_matmul, machine_info
 
-    assert isinstance(cpu_has_bf16_matmul(), bool)
-    assert machine_info()["cpu_bf16_matmul"] is cpu_has_bf16_matmul()
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert cpu_has_bf16_matmul() is expected
+    assert machine_info()["cpu_bf16_matmul"] is expected
+
+
+def test_bf16_matmul_probe_says_false_when_torch_drops_its_private_probes(monkeypatch):
+    from _common import cpu_has_bf16_matmul
+
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    assert cpu_has_bf16_matmul() is False
+
+
+def test_bf16_on_a_cpu_without_bf16_units_prints_a_warning(monkeypatch, capsys):
+    monkeypatch.setattr(speedrun, "cpu_has_bf16_matmul", lambda: False)
+    monkeypatch.setattr(speedrun, "shakespeare_ids", lambda: (_ for _ in ()).throw(SystemExit(0)))
+    monkeypatch.setattr(sys, "argv", ["speedrun.py", "--quick", "--train-arg", "dtype=bfloat16"])
+    with pytest.raises(SystemExit):
+        speedrun.main()
+    assert "no bf16 matrix units" in capsys.readouterr().out
